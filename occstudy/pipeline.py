@@ -1,0 +1,657 @@
+"""The whole method in one process: pretext → fine-tune → evaluate.
+
+This is the single-process path behind ``occstudy train`` and the building block that the
+study platform runs inside Ray workers. Every stage is resumable from its checkpoint: a run
+interrupted in epoch e restarts at epoch e with the same data order, augmentation and
+occlusions, because each epoch's randomness is seeded from (seed, epoch) alone.
+"""
+
+from __future__ import annotations
+
+import json
+import math
+import time
+from collections.abc import Callable, Mapping
+from dataclasses import asdict, dataclass, field, replace
+from pathlib import Path
+from typing import Any
+
+import torch
+
+from occstudy import data as D
+from occstudy.evaluate import SYNTHETIC_PROTOCOLS, ProtocolResult, evaluate
+from occstudy.losses import VARIANTS
+from occstudy.models import STEMS, OccNet, PretextNet, heads_for_pretext
+from occstudy.occlusion import make_policy
+from occstudy.train import (
+    Runtime,
+    extractor_state,
+    finetune_one_epoch,
+    load_checkpoint,
+    make_optimizer,
+    pretext_one_epoch,
+    save_checkpoint,
+    seeded_generator,
+)
+
+#: (train, validation, test) split of each labelled dataset; None = hold out part of train.
+DEFAULT_SPLITS: dict[str, tuple[str, str | None, str]] = {
+    "fer2013": ("Training", "PublicTest", "PrivateTest"),
+    "ferplus": ("Train", "Valid", "Test"),
+    "synthetic-faces": ("train", "val", "test"),
+    "rafdb": ("train", None, "test"),
+    "affectnet": ("train", None, "validation"),
+    "ckplus": ("train", None, "test"),
+}
+SYNTHETIC = "synthetic-faces"
+REAL_OCCLUSION_SETS = ("occlusion-ferplus", "pose-ferplus")
+
+
+@dataclass(frozen=True)
+class DataRef:
+    """A dataset by registry name, root folder and loader options, e.g. ``fer2013:/data/fer2013``."""
+
+    name: str
+    root: str | None = None
+    split: str | None = None
+    options: tuple[tuple[str, Any], ...] = ()
+
+    def __post_init__(self) -> None:
+        if self.name not in D.dataset_names():
+            raise ValueError(
+                f"unknown dataset {self.name!r}; valid: {', '.join(D.dataset_names())}"
+            )
+        if self.root is None and self.name != SYNTHETIC:
+            raise ValueError(f"dataset {self.name!r} needs a root folder ({self.name}:PATH)")
+
+    @staticmethod
+    def parse(text: str) -> DataRef:
+        """Parse ``NAME``, ``NAME:ROOT`` or ``NAME:ROOT@SPLIT``."""
+        name, _, rest = text.partition(":")
+        root, _, split = rest.rpartition("@") if "@" in rest else (rest, "", "")
+        return DataRef(name=name, root=root or None, split=split or None)
+
+    def load(self, split: str, *, image_size: int | None, channels: int, **extra: Any) -> D.FaceSet:
+        opts = dict(self.options)
+        opts.update(extra)
+        return D.load(self.name, self.root, split, image_size=image_size, channels=channels, **opts)
+
+
+@dataclass(frozen=True)
+class MethodConfig:
+    """Everything one run of the method depends on.
+
+    Attributes:
+        data: Labelled dataset for fine-tuning and testing.
+        variant: ``none``, ``ss``, ``mask`` or ``ss+mask``.
+        pretext_data: Unlabelled faces: ``synthetic-faces`` or a folder (searched recursively).
+        real_occlusion: Real-occlusion test sets (e.g. ``occlusion-ferplus:/data``).
+        image_size: Network input side (48 for FER-style faces; the paper used 224 elsewhere).
+        in_chans: 1 (grey) or 3.
+        stem: ResNet stem, ``imagenet`` or ``small`` (see :mod:`occstudy.models`).
+        pretext_epochs: Pretext epochs (ignored for ``none``).
+        epochs: Fine-tune epochs.
+        batch_size: Batch size of both stages (the paper: 64).
+        lr: Adam learning rate of the fine-tune stage (the paper: 1e-4).
+        pretext_lr: Adam learning rate of the pretext stage.
+        tau: Temperature τ of L_SS (the paper: 2).
+        lam: Weight λ of L_mask (the paper: 0.2).
+        pretext_policy: Occlusion policy of the pretext stage (see :func:`make_policy`).
+        finetune_policy: Occlusion policy for the occluded copies of the fine-tune set.
+        occlusion_prob: Share of fine-tune images seen occluded.
+        protocols: Test protocols on the test split.
+        balanced: Class-balanced sampling in the fine-tune stage.
+        label_fraction: Stratified, seeded fraction of the fine-tune labels used.
+        pretext_limit: Use at most this many unlabelled faces (None = all).
+        train_limit: Use at most this many labelled training faces, stratified (None = all).
+        max_steps: Cap on steps per epoch (smoke runs).
+        synthetic_size: Images per split of the built-in data set.
+        seed: Seed of everything random.
+        device: ``auto``, ``cpu`` or ``cuda[:N]``.
+    """
+
+    data: DataRef = field(default_factory=lambda: DataRef(SYNTHETIC))
+    variant: str = "ss+mask"
+    pretext_data: str = SYNTHETIC
+    real_occlusion: tuple[DataRef, ...] = ()
+    image_size: int = 48
+    in_chans: int = 1
+    stem: str = "imagenet"
+    pretext_epochs: int = 1
+    epochs: int = 1
+    batch_size: int = 64
+    lr: float = 1e-4
+    pretext_lr: float = 1e-4
+    tau: float = 2.0
+    lam: float = 0.2
+    pretext_policy: str = "all"
+    finetune_policy: str = "all"
+    occlusion_prob: float = 0.5
+    protocols: tuple[str, ...] = ("clean", *SYNTHETIC_PROTOCOLS)
+    balanced: bool = False
+    label_fraction: float = 1.0
+    pretext_limit: int | None = None
+    train_limit: int | None = None
+    max_steps: int | None = None
+    synthetic_size: int = 6000
+    seed: int = 0
+    device: str = "auto"
+
+    def __post_init__(self) -> None:
+        def bad(fieldname: str, value: Any, why: str) -> ValueError:
+            return ValueError(f"MethodConfig.{fieldname}={value!r}: {why}")
+
+        if self.variant not in VARIANTS:
+            raise bad("variant", self.variant, f"must be one of {VARIANTS}")
+        if not self.tau > 0:
+            raise bad("tau", self.tau, "must be > 0")
+        if self.lam < 0:
+            raise bad("lam", self.lam, "must be >= 0")
+        for name in ("lr", "pretext_lr"):
+            if not getattr(self, name) > 0:
+                raise bad(name, getattr(self, name), "must be > 0")
+        for name in ("batch_size", "image_size"):
+            if getattr(self, name) < 2:
+                raise bad(name, getattr(self, name), "must be >= 2")
+        if self.image_size < 32:
+            raise bad("image_size", self.image_size, "must be >= 32")
+        for name in ("pretext_epochs", "epochs"):
+            if getattr(self, name) < 0:
+                raise bad(name, getattr(self, name), "must be >= 0")
+        if self.in_chans not in (1, 3):
+            raise bad("in_chans", self.in_chans, "must be 1 or 3")
+        if self.stem not in STEMS:
+            raise bad("stem", self.stem, f"must be one of {STEMS}")
+        if not 0 < self.label_fraction <= 1:
+            raise bad("label_fraction", self.label_fraction, "must be in (0, 1]")
+        if not 0 <= self.occlusion_prob <= 1:
+            raise bad("occlusion_prob", self.occlusion_prob, "must be in [0, 1]")
+        for p in self.protocols:
+            if p != "clean" and p not in SYNTHETIC_PROTOCOLS:
+                raise bad("protocols", p, f"valid: clean, {', '.join(SYNTHETIC_PROTOCOLS)}")
+        for name in ("pretext_policy", "finetune_policy"):
+            try:
+                make_policy(getattr(self, name))
+            except ValueError as exc:
+                raise bad(name, getattr(self, name), str(exc)) from None
+        if self.data.name not in DEFAULT_SPLITS:
+            raise bad(
+                "data",
+                self.data.name,
+                f"not a labelled training set; valid: {', '.join(DEFAULT_SPLITS)}",
+            )
+        for ref in self.real_occlusion:
+            if ref.name not in REAL_OCCLUSION_SETS:
+                raise bad("real_occlusion", ref.name, f"valid: {', '.join(REAL_OCCLUSION_SETS)}")
+        if (
+            self.pretext_data != SYNTHETIC
+            and self.variant != "none"
+            and not Path(self.pretext_data).is_dir()
+        ):
+            raise bad(
+                "pretext_data", self.pretext_data, "is neither 'synthetic-faces' nor a folder"
+            )
+
+    def pretext_key(self) -> dict[str, Any]:
+        """The settings the pretext stage's result depends on (used to match checkpoints)."""
+        return {
+            "variant": self.variant,
+            "pretext_data": self.pretext_data,
+            "image_size": self.image_size,
+            "in_chans": self.in_chans,
+            "stem": self.stem,
+            "pretext_epochs": self.pretext_epochs,
+            "batch_size": self.batch_size,
+            "pretext_lr": self.pretext_lr,
+            "tau": self.tau,
+            "lam": self.lam,
+            "pretext_policy": self.pretext_policy,
+            "pretext_limit": self.pretext_limit,
+            "max_steps": self.max_steps,
+            "seed": self.seed,
+        }
+
+    def to_dict(self) -> dict[str, Any]:
+        d = asdict(self)
+        d["data"] = _ref_str(self.data)
+        d["real_occlusion"] = [_ref_str(r) for r in self.real_occlusion]
+        d["protocols"] = list(self.protocols)
+        return d
+
+
+def _ref_str(ref: DataRef) -> str:
+    s = ref.name if ref.root is None else f"{ref.name}:{ref.root}"
+    return s + (f"@{ref.split}" if ref.split else "")
+
+
+@dataclass
+class MethodData:
+    """The data sets of one run, loaded once."""
+
+    pretext: D.FaceSet | None
+    train: D.FaceSet
+    val: D.FaceSet
+    test: D.FaceSet
+    real: dict[str, D.FaceSet]
+
+
+def holdout_split(ds: D.FaceSet, fraction: float, seed: int) -> tuple[D.FaceSet, D.FaceSet]:
+    """Stratified, seeded split of ``ds`` into (rest, held-out fraction)."""
+    g = torch.Generator().manual_seed(seed)
+    held: list[torch.Tensor] = []
+    for c in ds.labels.unique():
+        idx = torch.nonzero(ds.labels == c).flatten()
+        idx = idx[torch.randperm(idx.numel(), generator=g)]
+        held.append(idx[: max(1, round(fraction * idx.numel()))] if idx.numel() > 1 else idx[:0])
+    held_idx = torch.cat(held).sort().values
+    keep = torch.ones(len(ds), dtype=torch.bool)
+    keep[held_idx] = False
+    return ds.subset(torch.nonzero(keep).flatten()), ds.subset(held_idx)
+
+
+def load_method_data(config: MethodConfig) -> MethodData:
+    """Load (and, for the built-in set, generate) every data set the run needs."""
+    size = config.image_size
+    ch = config.in_chans
+    name = config.data.name
+    train_split, val_split, test_split = DEFAULT_SPLITS[name]
+    if name == SYNTHETIC:
+        n = config.synthetic_size
+        extra: dict[str, Any] = {"n": n}
+        train = config.data.load(train_split, image_size=size, channels=ch, **extra)
+        val = config.data.load("val", image_size=size, channels=ch, n=max(n // 6, 50))
+        test = config.data.load("test", image_size=size, channels=ch, n=max(n // 6, 50))
+    else:
+        available = D.splits(name, config.data.root)
+        if name == "fer2013" and train_split not in available and "train" in available:
+            # The common Kaggle download: train/ and test/ only (test = PublicTest + PrivateTest).
+            train_split, val_split, test_split = "train", None, "test"
+        train = config.data.load(config.data.split or train_split, image_size=size, channels=ch)
+        test = config.data.load(test_split, image_size=size, channels=ch)
+        if val_split is not None:
+            val = config.data.load(val_split, image_size=size, channels=ch)
+        else:
+            train, val = holdout_split(train, 0.1, config.seed)
+    if config.train_limit is not None and config.train_limit < len(train):
+        train = train.stratified_fraction(config.train_limit / len(train), config.seed)
+    if config.label_fraction < 1:
+        train = train.stratified_fraction(config.label_fraction, config.seed)
+    real: dict[str, D.FaceSet] = {}
+    for ref in config.real_occlusion:
+        opts: dict[str, Any] = {}
+        if ref.name == "occlusion-ferplus" and "labels" not in dict(ref.options):
+            # Test in the label space the model was trained in (FER2013 → its 7 labels).
+            opts["labels"] = "fer2013" if train.label_space.startswith("fer2013") else "ferplus"
+        split = ref.split or D.splits(ref.name, ref.root)[0]
+        real[ref.name if ref.split is None else f"{ref.name}-{ref.split}"] = ref.load(
+            split, image_size=size, channels=ch, **opts
+        )
+    pretext = None
+    if config.variant != "none" and config.pretext_epochs > 0:
+        if config.pretext_data == SYNTHETIC:
+            pretext = D.synthetic_faces(
+                config.pretext_limit or config.synthetic_size,
+                seed=config.seed + 10_000,
+                image_size=size,
+            )
+        else:
+            pretext = D.load_unlabelled(
+                config.pretext_data, image_size=size, channels=ch, limit=config.pretext_limit
+            )
+    return MethodData(pretext=pretext, train=train, val=val, test=test, real=real)
+
+
+# ---------------------------------------------------------------------------------------------
+# Stages
+# ---------------------------------------------------------------------------------------------
+
+#: ``hook(stage, epoch, metrics)`` after every epoch; ``stage`` is ``pretext`` or ``finetune``.
+EpochHook = Callable[[str, int, Mapping[str, float]], None]
+#: ``hook(stage, step, total_steps, metrics)`` every few steps.
+StepHook = Callable[[str, int, int, Mapping[str, float]], None]
+
+
+@dataclass
+class Hooks:
+    """Where a run reports progress; every hook is optional."""
+
+    on_step: StepHook | None = None
+    on_epoch: EpochHook | None = None
+    log_every: int = 10
+
+
+def _steps_per_epoch(n: int, config: MethodConfig) -> int:
+    steps = max(1, n // config.batch_size)  # drop_last: BN and NT-Xent want full batches
+    return min(steps, config.max_steps) if config.max_steps else steps
+
+
+def _step_cb(
+    hooks: Hooks, stage: str, total: int
+) -> Callable[[int, Mapping[str, float]], None] | None:
+    if hooks.on_step is None:
+        return None
+    on_step = hooks.on_step
+    return lambda step, metrics: on_step(stage, step, total, metrics)
+
+
+def run_pretext(
+    config: MethodConfig,
+    pretext: D.FaceSet,
+    *,
+    runtime: Runtime,
+    checkpoint: Path | None,
+    hooks: Hooks | None = None,
+) -> tuple[dict[str, torch.Tensor], list[dict[str, float]]]:
+    """Train F (+ R and/or U_o) on unlabelled faces; resume from ``checkpoint`` if it matches.
+
+    Returns:
+        The final OccNet state dict (F and the pretext heads) and per-epoch metrics.
+    """
+    hooks = hooks or Hooks()
+    torch.manual_seed(config.seed)
+    net = OccNet(
+        in_chans=config.in_chans, stem=config.stem, heads=heads_for_pretext(config.variant)
+    )
+    model = runtime.prepare_model(PretextNet(net))
+    optimizer = make_optimizer(model, config.pretext_lr)
+    key = config.pretext_key()
+    fingerprint = pretext.fingerprint()
+    history: list[dict[str, float]] = []
+    start_epoch = 0
+    if checkpoint is not None and checkpoint.exists():
+        state = load_checkpoint(checkpoint, runtime.device)
+        _check_resume(checkpoint, state, key, fingerprint, "pretext_epochs")
+        net.load_state_dict(state["model"])
+        optimizer.load_state_dict(state["optimizer"])
+        start_epoch = state["epoch"] + 1
+        history = list(state["extra"].get("history", []))
+    policy = make_policy(config.pretext_policy)
+    total = _steps_per_epoch(len(pretext), config)
+    for epoch in range(start_epoch, config.pretext_epochs):
+        torch.manual_seed(config.seed * 1000 + epoch)
+        batches = D.iterate_batches(
+            pretext, config.batch_size, shuffle=True, seed=config.seed, epoch=epoch, drop_last=True
+        )
+        metrics = pretext_one_epoch(
+            model,
+            batches,
+            optimizer,
+            variant=config.variant,
+            policy=policy,
+            tau=config.tau,
+            lam=config.lam,
+            image_size=config.image_size,
+            runtime=runtime,
+            generator=seeded_generator(config.seed, epoch, 1),
+            callback=_step_cb(hooks, "pretext", total),
+            log_every=hooks.log_every,
+            max_steps=config.max_steps,
+        )
+        history.append(metrics)
+        if checkpoint is not None:
+            save_checkpoint(
+                checkpoint,
+                model=net,
+                optimizer=optimizer,
+                epoch=epoch,
+                config=key,
+                data_fingerprint=fingerprint,
+                extra={"history": history},
+            )
+        if hooks.on_epoch is not None:
+            hooks.on_epoch("pretext", epoch, metrics)
+    return {k: v.detach().clone() for k, v in net.state_dict().items()}, history
+
+
+def _check_resume(
+    path: Path, state: Mapping[str, Any], key: Mapping[str, Any], fingerprint: str, epochs_key: str
+) -> None:
+    """Refuse to resume from a checkpoint of other data or another configuration (the number
+    of epochs, ``epochs_key``, may grow: that continues the run)."""
+    if state["data_fingerprint"] != fingerprint:
+        raise ValueError(
+            f"{path} was trained on other data (fingerprint {state['data_fingerprint']}, now "
+            f"{fingerprint}); use another output folder (--out)"
+        )
+    saved = state["config"]
+    diff = {k: (saved.get(k), v) for k, v in key.items() if saved.get(k) != v and k != epochs_key}
+    if diff:
+        fields = ", ".join(f"{k}: {a!r} -> {b!r}" for k, (a, b) in diff.items())
+        raise ValueError(
+            f"{path} was written by a different configuration ({fields}); use another output folder (--out)"
+        )
+
+
+def finetune_key(config: MethodConfig) -> dict[str, Any]:
+    """The settings the fine-tune stage depends on (besides the pretext result)."""
+    d = config.to_dict()
+    for k in ("protocols", "real_occlusion", "device"):
+        d.pop(k)
+    return d
+
+
+def build_finetune_model(
+    config: MethodConfig, num_classes: int, pretext_state: Mapping[str, torch.Tensor] | None
+) -> OccNet:
+    """F (from the pretext stage, or from scratch for ``none``) + a new classifier C.
+
+    U_o is carried along, frozen, when the pretext stage trained one, so that the fine-tuned
+    network's mask predictions can still be tested; R is dropped.
+    """
+    torch.manual_seed(config.seed + 1)
+    has_mask = pretext_state is not None and any(k.startswith("mask_head.") for k in pretext_state)
+    heads = ("classifier", "mask") if has_mask else ("classifier",)
+    model = OccNet(in_chans=config.in_chans, stem=config.stem, heads=heads, num_classes=num_classes)
+    if pretext_state is not None:
+        model.extractor.load_state_dict(extractor_state(pretext_state))
+        if has_mask and model.mask_head is not None:
+            prefix = "mask_head."
+            model.mask_head.load_state_dict(
+                {k[len(prefix) :]: v for k, v in pretext_state.items() if k.startswith(prefix)}
+            )
+            model.mask_head.requires_grad_(False)
+    return model
+
+
+def run_finetune(
+    config: MethodConfig,
+    model: OccNet,
+    train: D.FaceSet,
+    val: D.FaceSet,
+    *,
+    runtime: Runtime,
+    checkpoint_dir: Path | None,
+    hooks: Hooks | None = None,
+) -> tuple[OccNet, list[dict[str, float]]]:
+    """Fine-tune F + C on clean ∪ occluded faces; validate each epoch on the clean val set.
+
+    Keeps ``last.pt`` (resumable) and ``best.pt`` (best validation accuracy) in
+    ``checkpoint_dir`` and returns the model with the best weights loaded.
+    """
+    hooks = hooks or Hooks()
+    model = runtime.prepare_model(model)  # type: ignore[assignment]
+    optimizer = make_optimizer(model, config.lr)
+    key = finetune_key(config)
+    fingerprint = train.fingerprint()
+    history: list[dict[str, float]] = []
+    start_epoch = 0
+    best_acc = -math.inf
+    last = checkpoint_dir / "last.pt" if checkpoint_dir else None
+    best = checkpoint_dir / "best.pt" if checkpoint_dir else None
+    if last is not None and last.exists():
+        state = load_checkpoint(last, runtime.device)
+        _check_resume(last, state, key, fingerprint, "epochs")
+        model.load_state_dict(state["model"])
+        optimizer.load_state_dict(state["optimizer"])
+        start_epoch = state["epoch"] + 1
+        history = list(state["extra"].get("history", []))
+        best_acc = max((h["val_acc"] for h in history), default=-math.inf)
+    policy = make_policy(config.finetune_policy)
+    total = _steps_per_epoch(len(train), config)
+    best_state = None
+    for epoch in range(start_epoch, config.epochs):
+        torch.manual_seed(config.seed * 1000 + 500 + epoch)
+        batches = D.iterate_batches(
+            train,
+            config.batch_size,
+            shuffle=True,
+            seed=config.seed,
+            epoch=epoch,
+            balanced=config.balanced,
+            drop_last=len(train) >= config.batch_size,
+        )
+        metrics = finetune_one_epoch(
+            model,
+            batches,
+            optimizer,
+            policy=policy,
+            occlusion_prob=config.occlusion_prob,
+            image_size=config.image_size,
+            runtime=runtime,
+            generator=seeded_generator(config.seed, epoch, 2),
+            callback=_step_cb(hooks, "finetune", total),
+            log_every=hooks.log_every,
+            max_steps=config.max_steps,
+        )
+        val_res = evaluate(
+            model, val, image_size=config.image_size, runtime=runtime, protocols=("clean",)
+        )
+        metrics["val_acc"] = val_res["clean"].acc
+        metrics["val_macro_f1"] = val_res["clean"].macro_f1
+        history.append(metrics)
+        if metrics["val_acc"] > best_acc:
+            best_acc = metrics["val_acc"]
+            best_state = {k: v.detach().clone() for k, v in model.state_dict().items()}
+            if best is not None:
+                save_checkpoint(
+                    best,
+                    model=model,
+                    optimizer=None,
+                    epoch=epoch,
+                    config=key,
+                    data_fingerprint=fingerprint,
+                    extra={"val_acc": best_acc},
+                )
+        if last is not None:
+            save_checkpoint(
+                last,
+                model=model,
+                optimizer=optimizer,
+                epoch=epoch,
+                config=key,
+                data_fingerprint=fingerprint,
+                extra={"history": history},
+            )
+        if hooks.on_epoch is not None:
+            hooks.on_epoch("finetune", epoch, metrics)
+    if best_state is not None:
+        model.load_state_dict(best_state)
+    elif best is not None and best.exists():
+        model.load_state_dict(load_checkpoint(best, runtime.device)["model"])
+    return model, history
+
+
+@dataclass
+class MethodResult:
+    """What one run of the method produced."""
+
+    config: MethodConfig
+    results: dict[str, ProtocolResult]
+    pretext_history: list[dict[str, float]]
+    finetune_history: list[dict[str, float]]
+    seconds: dict[str, float]
+    data_fingerprints: dict[str, str]
+
+    def to_dict(self) -> dict[str, Any]:
+        return {
+            "config": self.config.to_dict(),
+            "results": {k: v.to_dict() for k, v in self.results.items()},
+            "pretext_history": self.pretext_history,
+            "finetune_history": self.finetune_history,
+            "seconds": self.seconds,
+            "data_fingerprints": self.data_fingerprints,
+        }
+
+    def summary(self) -> dict[str, float]:
+        """Flat metrics, ``test.<protocol>.acc`` / ``.macro_f1`` / ``.mask_iou``."""
+        out: dict[str, float] = {}
+        for name, r in self.results.items():
+            out[f"test.{name}.acc"] = r.acc
+            out[f"test.{name}.macro_f1"] = r.macro_f1
+            if r.mask_iou is not None:
+                out[f"test.{name}.mask_iou"] = r.mask_iou
+        return out
+
+
+def run_method(
+    config: MethodConfig,
+    *,
+    out_dir: str | Path | None = None,
+    hooks: Hooks | None = None,
+    data: MethodData | None = None,
+) -> MethodResult:
+    """Pretext → fine-tune → evaluate, in this process.
+
+    Args:
+        config: The run's settings.
+        out_dir: Folder for checkpoints and ``results.json``; the run resumes from what it
+            finds there (None: keep nothing on disk).
+        hooks: Progress callbacks.
+        data: Pre-loaded data (for several runs over the same data); loaded when None.
+    """
+    hooks = hooks or Hooks()
+    runtime = Runtime.auto(config.device)
+    out = Path(out_dir) if out_dir is not None else None
+    if out is not None:
+        out.mkdir(parents=True, exist_ok=True)
+    seconds: dict[str, float] = {}
+    t0 = time.perf_counter()
+    data = data or load_method_data(config)
+    seconds["load"] = time.perf_counter() - t0
+    pretext_state = None
+    pretext_history: list[dict[str, float]] = []
+    if data.pretext is not None:
+        t0 = time.perf_counter()
+        pretext_state, pretext_history = run_pretext(
+            config,
+            data.pretext,
+            runtime=runtime,
+            checkpoint=out / "pretext.pt" if out else None,
+            hooks=hooks,
+        )
+        seconds["pretext"] = time.perf_counter() - t0
+    t0 = time.perf_counter()
+    model = build_finetune_model(config, len(data.train.classes), pretext_state)
+    model, finetune_history = run_finetune(
+        config,
+        model,
+        data.train,
+        data.val,
+        runtime=runtime,
+        checkpoint_dir=out / "finetune" if out else None,
+        hooks=hooks,
+    )
+    seconds["finetune"] = time.perf_counter() - t0
+    t0 = time.perf_counter()
+    results = evaluate(
+        model,
+        data.test,
+        image_size=config.image_size,
+        runtime=runtime,
+        protocols=config.protocols,
+        real=data.real,
+        seed=0,
+    )
+    seconds["evaluate"] = time.perf_counter() - t0
+    fingerprints = {"train": data.train.fingerprint(), "test": data.test.fingerprint()}
+    if data.pretext is not None:
+        fingerprints["pretext"] = data.pretext.fingerprint()
+    result = MethodResult(config, results, pretext_history, finetune_history, seconds, fingerprints)
+    if out is not None:
+        (out / "results.json").write_text(json.dumps(result.to_dict(), indent=2))
+    return result
+
+
+def with_variant(config: MethodConfig, variant: str) -> MethodConfig:
+    """The same run for another ablation variant."""
+    return replace(config, variant=variant)

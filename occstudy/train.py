@@ -1,0 +1,372 @@
+"""One epoch of the pretext and fine-tune stages, and checkpoints.
+
+The loops know about models, losses, occlusion and tensors only — not Ray, not MLflow. A loop
+takes a model, an iterable of uint8 batches, an optimiser, a device and an optional callback,
+and returns plain numbers; the callers (the single-process pipeline, the Ray workers) decide
+where those numbers go.
+
+Batch preparation (all on tensors, on the training device): uint8 → float [0, 1] → resize →
+random crop + flip → occlude → normalise. Occlusion runs before normalisation so that its fills
+are real grey levels, and after augmentation so that the mask matches the pixels the network
+sees.
+"""
+
+from __future__ import annotations
+
+import contextlib
+import os
+import time
+from collections.abc import Callable, Iterable, Mapping
+from dataclasses import dataclass
+from pathlib import Path
+from typing import Any
+
+import torch
+import torch.nn.functional as F
+from torch import Tensor, nn
+
+from occstudy.data import normalize, random_crop_flip, resize, to_float
+from occstudy.losses import PRETEXT_VARIANTS, pretext_loss
+from occstudy.occlusion import Occluder
+
+#: ``callback(step, metrics)`` is called every ``log_every`` steps with running means.
+StepCallback = Callable[[int, Mapping[str, float]], None]
+
+Batch = tuple[Tensor, Tensor]
+
+
+@dataclass(frozen=True)
+class Runtime:
+    """Where and how tensors are computed.
+
+    Attributes:
+        device: Training device.
+        amp: bf16 autocast (on CUDA only: on CPU it slows ResNets down on most machines).
+        channels_last: NHWC memory format (helps convolutions on recent GPUs).
+    """
+
+    device: torch.device
+    amp: bool = False
+    channels_last: bool = False
+
+    @staticmethod
+    def auto(device: str = "auto") -> Runtime:
+        """bf16 autocast and channels_last on CUDA, plain float32 elsewhere."""
+        if device == "auto":
+            device = "cuda" if torch.cuda.is_available() else "cpu"
+        dev = torch.device(device)
+        on_gpu = dev.type == "cuda"
+        return Runtime(device=dev, amp=on_gpu, channels_last=on_gpu)
+
+    def autocast(self) -> contextlib.AbstractContextManager[Any]:
+        if self.amp:
+            return torch.autocast(device_type=self.device.type, dtype=torch.bfloat16)
+        return contextlib.nullcontext()
+
+    def to_input(self, x: Tensor) -> Tensor:
+        return x.contiguous(memory_format=torch.channels_last) if self.channels_last else x
+
+    def prepare_model(self, model: nn.Module) -> nn.Module:
+        model = model.to(self.device)
+        if self.channels_last:
+            model = model.to(memory_format=torch.channels_last)  # type: ignore[call-overload]
+        return model
+
+
+def seeded_generator(*seeds: int) -> torch.Generator:
+    """A CPU generator seeded from several integers (e.g. run seed and epoch), so that every
+    epoch's augmentation and occlusion are reproducible on their own — which makes a resumed
+    run identical to an uninterrupted one."""
+    g = torch.Generator()
+    value = 0
+    for s in seeds:
+        value = (value * 1_000_003 + int(s)) % (2**63 - 1)
+    g.manual_seed(value)
+    return g
+
+
+def prepare_images(
+    images: Tensor, *, image_size: int, runtime: Runtime, generator: torch.Generator | None
+) -> Tensor:
+    """uint8 (B, C, h, w) → float [0, 1] (B, C, image_size, image_size) on the device;
+    random crop + flip when a generator is given (training)."""
+    x = to_float(images.to(runtime.device, non_blocking=True))
+    x = resize(x, image_size)
+    if generator is not None:
+        x = random_crop_flip(x, generator)
+    return x
+
+
+class _Means:
+    """Running means of named scalars, weighted by batch size."""
+
+    def __init__(self) -> None:
+        self.sums: dict[str, float] = {}
+        self.count = 0
+
+    def add(self, n: int, **values: float) -> None:
+        for k, v in values.items():
+            self.sums[k] = self.sums.get(k, 0.0) + v * n
+        self.count += n
+
+    def means(self) -> dict[str, float]:
+        return {k: v / max(self.count, 1) for k, v in self.sums.items()}
+
+
+def pretext_one_epoch(
+    model: nn.Module,
+    batches: Iterable[Batch],
+    optimizer: torch.optim.Optimizer,
+    *,
+    variant: str,
+    policy: Occluder,
+    tau: float,
+    lam: float,
+    image_size: int,
+    runtime: Runtime,
+    generator: torch.Generator,
+    callback: StepCallback | None = None,
+    log_every: int = 10,
+    max_steps: int | None = None,
+) -> dict[str, float]:
+    """Train F, R and U_o for one epoch on unlabelled faces with L_pre.
+
+    Each clean face x_pc gets an occluded copy x_po with mask M from ``policy``; the variant
+    decides the loss (``ss``: L_SS, ``mask``: L_mask, ``ss+mask``: L_SS + λ·L_mask).
+
+    Args:
+        model: A :class:`~occstudy.models.PretextNet` (or a DDP wrapper of one) around an
+            OccNet with the heads the variant needs.
+        batches: uint8 image batches (labels ignored).
+        optimizer: Optimiser over the model's parameters.
+        variant: ``ss``, ``mask`` or ``ss+mask``.
+        policy: Occlusion generator.
+        tau: Temperature of L_SS.
+        lam: Weight λ of L_mask.
+        image_size: Side of the network input.
+        runtime: Device and precision.
+        generator: CPU generator for augmentation and occlusion.
+        callback: Called with running means every ``log_every`` steps.
+        log_every: Steps between callbacks.
+        max_steps: Stop after this many steps (smoke runs and benchmarks).
+
+    Returns:
+        Epoch means ``loss``, ``loss_ss``, ``loss_mask``, plus ``images`` (clean faces seen),
+        ``steps``, ``seconds`` and ``images_per_s``.
+    """
+    if variant not in PRETEXT_VARIANTS:
+        raise ValueError(
+            f"pretext_one_epoch: variant must be one of {PRETEXT_VARIANTS}, got {variant!r}"
+        )
+    need_z = variant in ("ss", "ss+mask")
+    need_mask = variant in ("mask", "ss+mask")
+    model.train()
+    means = _Means()
+    start = time.perf_counter()
+    steps = 0
+    for images, _ in batches:
+        x_clean = prepare_images(
+            images, image_size=image_size, runtime=runtime, generator=generator
+        )
+        x_occ, mask = policy(x_clean, generator)
+        x_clean = runtime.to_input(normalize(x_clean))
+        x_occ = runtime.to_input(normalize(x_occ))
+        with runtime.autocast():
+            z_occ, z_clean, mask_logits = model(x_clean, x_occ, need_z=need_z, need_mask=need_mask)
+        terms = pretext_loss(
+            variant,
+            z_occluded=z_occ,
+            z_clean=z_clean,
+            mask_logits=mask_logits,
+            mask=mask,
+            tau=tau,
+            lam=lam,
+        )
+        if not torch.isfinite(terms.total):
+            raise FloatingPointError(f"pretext loss is {terms.total.item()} at step {steps}")
+        optimizer.zero_grad(set_to_none=True)
+        terms.total.backward()
+        optimizer.step()
+        steps += 1
+        means.add(
+            images.shape[0],
+            loss=terms.total.item(),
+            loss_ss=terms.ss.item(),
+            loss_mask=terms.mask.item(),
+        )
+        if callback is not None and steps % log_every == 0:
+            callback(steps, means.means())
+        if max_steps is not None and steps >= max_steps:
+            break
+    return _finish(means, steps, start)
+
+
+def finetune_one_epoch(
+    model: nn.Module,
+    batches: Iterable[Batch],
+    optimizer: torch.optim.Optimizer,
+    *,
+    policy: Occluder,
+    occlusion_prob: float,
+    image_size: int,
+    runtime: Runtime,
+    generator: torch.Generator,
+    callback: StepCallback | None = None,
+    log_every: int = 10,
+    max_steps: int | None = None,
+) -> dict[str, float]:
+    """Fine-tune F and C for one epoch with cross-entropy on clean ∪ occluded faces.
+
+    The method trains on the clean images plus occluded copies of them. Rather than doubling
+    every batch, each image is replaced by its occluded copy with probability
+    ``occlusion_prob`` (0.5 by default): in expectation an epoch then draws from the union of
+    the clean and the occluded set with equal weight, at the cost of one pass instead of two.
+
+    Args:
+        model: :class:`~occstudy.models.OccNet` with a classifier (or a DDP wrapper of one).
+        batches: (uint8 images, int64 labels) batches.
+        optimizer: Optimiser.
+        policy: Occlusion generator for the occluded copies.
+        occlusion_prob: Probability that an image is seen occluded.
+        image_size: Side of the network input.
+        runtime: Device and precision.
+        generator: CPU generator for augmentation, occlusion and the clean/occluded draw.
+        callback: Called with running means every ``log_every`` steps.
+        log_every: Steps between callbacks.
+        max_steps: Stop after this many steps.
+
+    Returns:
+        Epoch means ``loss`` and ``acc`` (training accuracy), plus ``images``, ``steps``,
+        ``seconds`` and ``images_per_s``.
+    """
+    if not 0.0 <= occlusion_prob <= 1.0:
+        raise ValueError(
+            f"finetune_one_epoch: occlusion_prob must be in [0, 1], got {occlusion_prob!r}"
+        )
+    model.train()
+    means = _Means()
+    start = time.perf_counter()
+    steps = 0
+    for images, labels in batches:
+        x = prepare_images(images, image_size=image_size, runtime=runtime, generator=generator)
+        if occlusion_prob > 0:
+            x_occ, _ = policy(x, generator)
+            pick = (torch.rand(x.shape[0], generator=generator) < occlusion_prob).to(x.device)
+            x = torch.where(pick[:, None, None, None], x_occ, x)
+        x = runtime.to_input(normalize(x))
+        y = labels.to(runtime.device, non_blocking=True)
+        with runtime.autocast():
+            logits = model(x)
+        loss = F.cross_entropy(logits.float(), y)
+        if not torch.isfinite(loss):
+            raise FloatingPointError(f"fine-tune loss is {loss.item()} at step {steps}")
+        optimizer.zero_grad(set_to_none=True)
+        loss.backward()
+        optimizer.step()
+        steps += 1
+        acc = (logits.argmax(1) == y).float().mean().item()
+        means.add(images.shape[0], loss=loss.item(), acc=acc)
+        if callback is not None and steps % log_every == 0:
+            callback(steps, means.means())
+        if max_steps is not None and steps >= max_steps:
+            break
+    return _finish(means, steps, start)
+
+
+def _finish(means: _Means, steps: int, start: float) -> dict[str, float]:
+    seconds = time.perf_counter() - start
+    out = means.means()
+    out.update(
+        images=float(means.count),
+        steps=float(steps),
+        seconds=seconds,
+        images_per_s=means.count / seconds if seconds > 0 else 0.0,
+    )
+    return out
+
+
+def unwrap(model: nn.Module) -> nn.Module:
+    """The model inside a DDP (or similar) wrapper."""
+    inner = getattr(model, "module", model)
+    return inner if isinstance(inner, nn.Module) else model
+
+
+def make_optimizer(model: nn.Module, lr: float, weight_decay: float = 0.0) -> torch.optim.Adam:
+    """Adam, as in the paper (lr 1e-4 by default in the configs)."""
+    if not lr > 0:
+        raise ValueError(f"lr must be > 0, got {lr!r}")
+    return torch.optim.Adam(
+        [p for p in model.parameters() if p.requires_grad], lr=lr, weight_decay=weight_decay
+    )
+
+
+# ---------------------------------------------------------------------------------------------
+# Checkpoints
+# ---------------------------------------------------------------------------------------------
+
+CHECKPOINT_FORMAT = 1
+
+
+def save_checkpoint(
+    path: str | os.PathLike[str],
+    *,
+    model: nn.Module,
+    optimizer: torch.optim.Optimizer | None,
+    epoch: int,
+    config: Mapping[str, Any],
+    data_fingerprint: str,
+    extra: Mapping[str, Any] | None = None,
+) -> Path:
+    """Write a resumable checkpoint atomically (a crash never leaves a half-written file).
+
+    Contents: model state, optimiser state, the last finished epoch, the run's configuration
+    (plain JSON-able values) and the fingerprint of the data it was trained on. Everything is
+    tensors and plain Python values, so :func:`load_checkpoint` can use ``weights_only=True``.
+    """
+    path = Path(path)
+    path.parent.mkdir(parents=True, exist_ok=True)
+    net = unwrap(model)
+    state = {
+        "format": CHECKPOINT_FORMAT,
+        "model": net.state_dict(),
+        "optimizer": optimizer.state_dict() if optimizer is not None else None,
+        "epoch": int(epoch),
+        "config": dict(config),
+        "data_fingerprint": data_fingerprint,
+        "extra": dict(extra or {}),
+    }
+    tmp = path.with_name(path.name + ".tmp")
+    torch.save(state, tmp)
+    os.replace(tmp, path)
+    return path
+
+
+def load_checkpoint(
+    path: str | os.PathLike[str], map_location: str | torch.device = "cpu"
+) -> dict[str, Any]:
+    """Load a checkpoint written by :func:`save_checkpoint` (``weights_only=True``).
+
+    Raises:
+        FileNotFoundError: naming the path when it does not exist.
+        ValueError: naming the path when it is not an occstudy checkpoint.
+    """
+    path = Path(path)
+    if not path.is_file():
+        raise FileNotFoundError(f"checkpoint not found: {path}")
+    try:
+        state = torch.load(path, map_location=map_location, weights_only=True)
+    except Exception as exc:  # torch raises several types for corrupt/foreign files
+        raise ValueError(f"{path} is not a readable occstudy checkpoint: {exc}") from None
+    if (
+        not isinstance(state, dict)
+        or state.get("format") != CHECKPOINT_FORMAT
+        or "model" not in state
+    ):
+        raise ValueError(f"{path} is not an occstudy checkpoint (format {CHECKPOINT_FORMAT})")
+    return state
+
+
+def extractor_state(model_state: Mapping[str, Tensor]) -> dict[str, Tensor]:
+    """The extractor F's weights out of a full OccNet state dict (keys without the prefix)."""
+    prefix = "extractor."
+    return {k[len(prefix) :]: v for k, v in model_state.items() if k.startswith(prefix)}
