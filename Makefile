@@ -24,8 +24,8 @@ demo: install
 		--variant ss+mask --pretext-epochs 2 --epochs 3 --out runs/demo
 
 lint: install
-	$(VENV)/bin/ruff check occstudy tests bench
-	$(VENV)/bin/ruff format --check occstudy tests bench
+	$(VENV)/bin/ruff check occstudy tests bench studies
+	$(VENV)/bin/ruff format --check occstudy tests bench studies
 	$(VENV)/bin/mypy
 
 test: lint

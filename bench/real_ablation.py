@@ -24,7 +24,7 @@ from pathlib import Path
 import torch
 
 from occstudy.losses import VARIANTS
-from occstudy.pipeline import DataRef, MethodConfig, load_method_data, run_method
+from occstudy.pipeline import DataRef, Hooks, MethodConfig, load_method_data, run_method
 
 
 def main(argv: list[str] | None = None) -> int:
@@ -59,6 +59,12 @@ def main(argv: list[str] | None = None) -> int:
         f"real {[(k, len(v)) for k, v in data.real.items()]}",
         flush=True,
     )
+
+    def on_epoch(stage: str, epoch: int, metrics: dict[str, float]) -> None:
+        shown = {k: round(v, 4) for k, v in metrics.items() if k not in ("images", "steps")}
+        print(f"  {stage} epoch {epoch}: {shown}", flush=True)
+
+    hooks = Hooks(on_epoch=on_epoch)
     rows = {}
     for variant in args.variants:
         t1 = time.perf_counter()
@@ -67,6 +73,7 @@ def main(argv: list[str] | None = None) -> int:
             config,
             out_dir=Path(args.out) / variant,
             data=data if variant != "none" else replace(data, pretext=None),
+            hooks=hooks,
         )
         rows[variant] = {
             "metrics": result.summary(),

@@ -1,7 +1,9 @@
 """Command line: a thin layer over the Python API.
 
-``occstudy train`` runs the method in one process; ``occstudy data check`` validates a
-dataset folder. Every entry point has ``--smoke`` where it trains anything.
+``occstudy run`` runs a study on Ray (tracked in MLflow), ``status`` shows what a study has
+done, ``ui`` opens the MLflow UI on a study's store, ``predict`` applies a checkpoint to images,
+``train`` runs the method in one process, ``data check`` validates a dataset folder. Every
+entry point that trains has ``--smoke``.
 """
 
 from __future__ import annotations
@@ -77,12 +79,240 @@ def _add_data(sub: argparse._SubParsersAction) -> None:  # type: ignore[type-arg
     dsub.add_parser("list", help="list the dataset names")
 
 
+def _add_storage_args(p: argparse.ArgumentParser) -> None:
+    p.add_argument(
+        "--storage", default=None, help="storage root shared by all nodes (default ./occstudy-runs)"
+    )
+    p.add_argument(
+        "--tracking-uri",
+        default=None,
+        help="MLflow tracking URI (default $MLFLOW_TRACKING_URI or sqlite in the storage)",
+    )
+
+
+def _add_study(sub: argparse._SubParsersAction) -> None:  # type: ignore[type-arg]
+    p = sub.add_parser("run", help="run a study (studies/*.py) on Ray, tracked in MLflow")
+    p.add_argument("study", help="study file, e.g. studies/quickstart.py")
+    p.add_argument(
+        "--smoke",
+        action="store_true",
+        help="the study's shrunk version: checks the path end to end",
+    )
+    p.add_argument(
+        "--address",
+        default=None,
+        help="Ray cluster address (default: start Ray locally on 127.0.0.1)",
+    )
+    _add_storage_args(p)
+    p.add_argument(
+        "--resume", action="store_true", help="finish the last launch; finished trials are kept"
+    )
+    p.add_argument(
+        "--no-cache", action="store_true", help="recompute the pretext stages this study needs"
+    )
+    p.add_argument(
+        "--data-root", default=None, help="folder with the real data sets (sets $OCCSTUDY_DATA)"
+    )
+    p.add_argument("--num-cpus", type=int, default=None, help="CPUs of a locally started Ray")
+    p.add_argument("--device", default="auto")
+    p.add_argument("--quiet", action="store_true", help="no progress lines")
+
+    s = sub.add_parser("status", help="what a study has run, what failed, what remains")
+    s.add_argument("study", help="study file or study name")
+    _add_storage_args(s)
+    s.add_argument("--data-root", default=None)
+
+    u = sub.add_parser("ui", help="the MLflow UI for a study's store (127.0.0.1 by default)")
+    u.add_argument("study", help="study file or study name")
+    _add_storage_args(u)
+    u.add_argument("--host", default="127.0.0.1")
+    u.add_argument("--port", type=int, default=5000)
+    u.add_argument("--data-root", default=None)
+
+    pr = sub.add_parser("predict", help="expression probabilities and occlusion mask per image")
+    pr.add_argument("images", nargs="+")
+    pr.add_argument("--checkpoint", required=True, help="a fine-tune checkpoint (best.pt)")
+    pr.add_argument(
+        "--overlay-dir", default=None, help="save a PNG with the predicted mask per image here"
+    )
+    pr.add_argument("--device", default="cpu")
+    pr.add_argument(
+        "--json", dest="json_out", action="store_true", help="print JSON instead of a table"
+    )
+
+
 def build_parser() -> argparse.ArgumentParser:
     parser = argparse.ArgumentParser(prog="occstudy", description=__doc__)
     sub = parser.add_subparsers(dest="command", required=True)
+    _add_study(sub)
     _add_train(sub)
     _add_data(sub)
     return parser
+
+
+def _load_study(arg: str, data_root: str | None, storage: str | None = None) -> Any:
+    """A Study from a file, or (for status/ui) a bare name whose definition the storage keeps."""
+    import os
+    from pathlib import Path
+
+    from occstudy.study import Study, StudyError, load_study
+    from occstudy.study.runner import DEFAULT_STORAGE
+
+    if data_root:
+        os.environ["OCCSTUDY_DATA"] = os.path.abspath(data_root)
+    if arg.endswith(".py") or Path(arg).is_file():
+        return load_study(arg)
+    saved = Path(storage or DEFAULT_STORAGE) / arg / "study.json"
+    if not saved.is_file():
+        raise StudyError(f"{arg!r} is neither a study file nor a study in {saved.parent.parent}/")
+    return Study.from_dict(json.loads(saved.read_text()))
+
+
+def cmd_run(args: argparse.Namespace) -> int:
+    from occstudy.study import RunOptions, StudyError, run_study
+    from occstudy.study.runner import ablation_table
+    from occstudy.tracking import TrackingError, redact
+
+    try:
+        study = _load_study(args.study, args.data_root)
+    except StudyError as exc:
+        print(f"occstudy run: {exc}", file=sys.stderr)
+        return 2
+    options = RunOptions(
+        storage=args.storage,
+        address=args.address,
+        tracking_uri=args.tracking_uri,
+        resume=args.resume,
+        no_cache=args.no_cache,
+        smoke=args.smoke,
+        num_cpus=args.num_cpus,
+        device=args.device,
+        progress=not args.quiet,
+    )
+    try:
+        outcome = run_study(study, options)
+    except TrackingError as exc:
+        print(f"occstudy run: {exc}", file=sys.stderr)
+        return 2
+    except KeyboardInterrupt:
+        print(
+            "\noccstudy run: interrupted; continue with the same command plus --resume",
+            file=sys.stderr,
+        )
+        return 130
+    print()
+    print(ablation_table(outcome.rows, outcome.study))
+    print(
+        f"study {outcome.study.name}: {len(outcome.rows)} trials ({len(outcome.failed)} failed), "
+        f"pretext computed {outcome.pretext_computed}, cached {outcome.pretext_cached}, "
+        f"{outcome.seconds / 60:.1f} min"
+    )
+    print(f"results: {outcome.study_dir}")
+    storage = f" --storage {args.storage}" if args.storage else ""
+    if outcome.tracking_uri.startswith("sqlite:"):
+        print(
+            f"MLflow: occstudy ui {outcome.study.name}{storage}   (then open http://127.0.0.1:5000)"
+        )
+    else:
+        print(f"MLflow: {redact(outcome.tracking_uri)} (experiment occstudy/{outcome.study.name})")
+    return 1 if outcome.failed else 0
+
+
+def cmd_status(args: argparse.Namespace) -> int:
+    from occstudy.study import StudyError
+    from occstudy.study.status import format_status, study_status
+    from occstudy.tracking import TrackingError
+
+    try:
+        study = _load_study(args.study, args.data_root)
+        print(
+            format_status(study_status(study, storage=args.storage, tracking_uri=args.tracking_uri))
+        )
+    except (StudyError, TrackingError, FileNotFoundError) as exc:
+        print(f"occstudy status: {exc}", file=sys.stderr)
+        return 2
+    return 0
+
+
+def cmd_ui(args: argparse.Namespace) -> int:
+    import os
+    import subprocess
+
+    from occstudy.study import StudyError
+    from occstudy.study.runner import resolve_tracking_uri, study_paths
+    from occstudy.tracking import disable_telemetry, redact
+
+    try:
+        study = _load_study(args.study, args.data_root, args.storage)
+    except StudyError as exc:
+        print(f"occstudy ui: {exc}", file=sys.stderr)
+        return 2
+    study_dir, _ = study_paths(study, args.storage)
+    uri = resolve_tracking_uri(study_dir, args.tracking_uri)
+    if not uri.startswith("sqlite:"):
+        print(f"this study logs to a tracking server: open {redact(uri)}")
+        return 0
+    if not (study_dir / "mlflow.db").exists():
+        print(
+            f"occstudy ui: no MLflow store at {study_dir / 'mlflow.db'}; run the study first",
+            file=sys.stderr,
+        )
+        return 2
+    disable_telemetry()
+    print(
+        f"MLflow UI for {study.name} on http://{args.host}:{args.port} (Ctrl-C to stop)", flush=True
+    )
+    cmd = [
+        sys.executable,
+        "-m",
+        "mlflow",
+        "server",
+        "--backend-store-uri",
+        uri,
+        "--host",
+        args.host,
+        "--port",
+        str(args.port),
+        "--workers",
+        "1",
+    ]
+    return subprocess.call(cmd, env=os.environ.copy())
+
+
+def cmd_predict(args: argparse.Namespace) -> int:
+    from pathlib import Path
+
+    from occstudy.predict import format_predictions, load_model, predict_images, save_overlay
+
+    try:
+        model, info = load_model(args.checkpoint, device=args.device)
+        preds = predict_images(model, info, args.images, device=args.device)
+    except (ValueError, FileNotFoundError) as exc:
+        print(f"occstudy predict: {exc}", file=sys.stderr)
+        return 2
+    if args.overlay_dir:
+        out = Path(args.overlay_dir)
+        out.mkdir(parents=True, exist_ok=True)
+        for p in preds:
+            save_overlay(p, p.path, out / (Path(p.path).stem + "_mask.png"))
+    if args.json_out:
+        print(
+            json.dumps(
+                [
+                    {
+                        "path": p.path,
+                        "label": p.label,
+                        "probabilities": p.probabilities,
+                        "occluded_fraction": p.occluded_fraction,
+                    }
+                    for p in preds
+                ],
+                indent=2,
+            )
+        )
+    else:
+        print(format_predictions(preds))
+    return 0
 
 
 class _Progress:
@@ -204,11 +434,15 @@ def cmd_data(args: argparse.Namespace) -> int:
 
 def main(argv: Sequence[str] | None = None) -> int:
     args = build_parser().parse_args(argv)
-    if args.command == "train":
-        return cmd_train(args)
-    if args.command == "data":
-        return cmd_data(args)
-    raise AssertionError(args.command)
+    commands = {
+        "run": cmd_run,
+        "status": cmd_status,
+        "ui": cmd_ui,
+        "predict": cmd_predict,
+        "train": cmd_train,
+        "data": cmd_data,
+    }
+    return commands[args.command](args)
 
 
 if __name__ == "__main__":

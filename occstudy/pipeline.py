@@ -66,10 +66,22 @@ class DataRef:
 
     @staticmethod
     def parse(text: str) -> DataRef:
-        """Parse ``NAME``, ``NAME:ROOT`` or ``NAME:ROOT@SPLIT``."""
+        """Parse ``NAME[:ROOT][@SPLIT][?KEY=VALUE&...]`` (the inverse of :meth:`__str__`)."""
+        text, _, query = text.partition("?")
         name, _, rest = text.partition(":")
         root, _, split = rest.rpartition("@") if "@" in rest else (rest, "", "")
-        return DataRef(name=name, root=root or None, split=split or None)
+        options: list[tuple[str, Any]] = []
+        for item in filter(None, query.split("&")):
+            k, _, v = item.partition("=")
+            options.append((k, int(v) if v.lstrip("-").isdigit() else v))
+        return DataRef(name=name, root=root or None, split=split or None, options=tuple(options))
+
+    def __str__(self) -> str:
+        s = self.name if self.root is None else f"{self.name}:{self.root}"
+        s += f"@{self.split}" if self.split else ""
+        if self.options:
+            s += "?" + "&".join(f"{k}={v}" for k, v in self.options)
+        return s
 
     def load(self, split: str, *, image_size: int | None, channels: int, **extra: Any) -> D.FaceSet:
         opts = dict(self.options)
@@ -213,15 +225,10 @@ class MethodConfig:
 
     def to_dict(self) -> dict[str, Any]:
         d = asdict(self)
-        d["data"] = _ref_str(self.data)
-        d["real_occlusion"] = [_ref_str(r) for r in self.real_occlusion]
+        d["data"] = str(self.data)
+        d["real_occlusion"] = [str(r) for r in self.real_occlusion]
         d["protocols"] = list(self.protocols)
         return d
-
-
-def _ref_str(ref: DataRef) -> str:
-    s = ref.name if ref.root is None else f"{ref.name}:{ref.root}"
-    return s + (f"@{ref.split}" if ref.split else "")
 
 
 @dataclass
@@ -249,8 +256,9 @@ def holdout_split(ds: D.FaceSet, fraction: float, seed: int) -> tuple[D.FaceSet,
     return ds.subset(torch.nonzero(keep).flatten()), ds.subset(held_idx)
 
 
-def load_method_data(config: MethodConfig) -> MethodData:
-    """Load (and, for the built-in set, generate) every data set the run needs."""
+def load_method_data(config: MethodConfig, *, with_pretext: bool = True) -> MethodData:
+    """Load (and, for the built-in set, generate) every data set the run needs (the
+    unlabelled faces only with ``with_pretext``)."""
     size = config.image_size
     ch = config.in_chans
     name = config.data.name
@@ -286,19 +294,24 @@ def load_method_data(config: MethodConfig) -> MethodData:
         real[ref.name if ref.split is None else f"{ref.name}-{ref.split}"] = ref.load(
             split, image_size=size, channels=ch, **opts
         )
-    pretext = None
-    if config.variant != "none" and config.pretext_epochs > 0:
-        if config.pretext_data == SYNTHETIC:
-            pretext = D.synthetic_faces(
-                config.pretext_limit or config.synthetic_size,
-                seed=config.seed + 10_000,
-                image_size=size,
-            )
-        else:
-            pretext = D.load_unlabelled(
-                config.pretext_data, image_size=size, channels=ch, limit=config.pretext_limit
-            )
+    pretext = load_pretext_data(config) if with_pretext else None
     return MethodData(pretext=pretext, train=train, val=val, test=test, real=real)
+
+
+def load_pretext_data(config: MethodConfig) -> D.FaceSet | None:
+    """The unlabelled faces of the pretext stage (None for ``none`` or zero pretext epochs)."""
+    if config.variant == "none" or config.pretext_epochs == 0:
+        return None
+    size = config.image_size
+    if config.pretext_data == SYNTHETIC:
+        return D.synthetic_faces(
+            config.pretext_limit or config.synthetic_size,
+            seed=config.seed + 10_000,
+            image_size=size,
+        )
+    return D.load_unlabelled(
+        config.pretext_data, image_size=size, channels=config.in_chans, limit=config.pretext_limit
+    )
 
 
 # ---------------------------------------------------------------------------------------------
@@ -352,8 +365,9 @@ def run_pretext(
     net = OccNet(
         in_chans=config.in_chans, stem=config.stem, heads=heads_for_pretext(config.variant)
     )
-    model = runtime.prepare_model(PretextNet(net))
-    optimizer = make_optimizer(model, config.pretext_lr)
+    runtime.prepare_model(net)
+    model = runtime.wrap(PretextNet(net))
+    optimizer = make_optimizer(net, config.pretext_lr)
     key = config.pretext_key()
     fingerprint = pretext.fingerprint()
     history: list[dict[str, float]] = []
@@ -370,7 +384,14 @@ def run_pretext(
     for epoch in range(start_epoch, config.pretext_epochs):
         torch.manual_seed(config.seed * 1000 + epoch)
         batches = D.iterate_batches(
-            pretext, config.batch_size, shuffle=True, seed=config.seed, epoch=epoch, drop_last=True
+            pretext,
+            config.batch_size,
+            shuffle=True,
+            seed=config.seed,
+            epoch=epoch,
+            drop_last=True,
+            rank=runtime.rank,
+            world_size=runtime.world_size,
         )
         metrics = pretext_one_epoch(
             model,
@@ -388,7 +409,7 @@ def run_pretext(
             max_steps=config.max_steps,
         )
         history.append(metrics)
-        if checkpoint is not None:
+        if checkpoint is not None and runtime.is_main:
             save_checkpoint(
                 checkpoint,
                 model=net,
@@ -425,7 +446,19 @@ def _check_resume(
 def finetune_key(config: MethodConfig) -> dict[str, Any]:
     """The settings the fine-tune stage depends on (besides the pretext result)."""
     d = config.to_dict()
-    for k in ("protocols", "real_occlusion", "device"):
+    drop = ["protocols", "real_occlusion", "device"]
+    if config.variant == "none":
+        # No pretext stage: its settings cannot change the fine-tune result.
+        drop += [
+            "pretext_data",
+            "pretext_epochs",
+            "pretext_lr",
+            "pretext_limit",
+            "pretext_policy",
+            "tau",
+            "lam",
+        ]
+    for k in drop:
         d.pop(k)
     return d
 
@@ -469,8 +502,10 @@ def run_finetune(
     ``checkpoint_dir`` and returns the model with the best weights loaded.
     """
     hooks = hooks or Hooks()
-    model = runtime.prepare_model(model)  # type: ignore[assignment]
-    optimizer = make_optimizer(model, config.lr)
+    net = model
+    runtime.prepare_model(net)
+    wrapped = runtime.wrap(net)
+    optimizer = make_optimizer(net, config.lr)
     key = finetune_key(config)
     fingerprint = train.fingerprint()
     history: list[dict[str, float]] = []
@@ -481,7 +516,7 @@ def run_finetune(
     if last is not None and last.exists():
         state = load_checkpoint(last, runtime.device)
         _check_resume(last, state, key, fingerprint, "epochs")
-        model.load_state_dict(state["model"])
+        net.load_state_dict(state["model"])
         optimizer.load_state_dict(state["optimizer"])
         start_epoch = state["epoch"] + 1
         history = list(state["extra"].get("history", []))
@@ -498,10 +533,12 @@ def run_finetune(
             seed=config.seed,
             epoch=epoch,
             balanced=config.balanced,
-            drop_last=len(train) >= config.batch_size,
+            drop_last=len(train) >= config.batch_size * runtime.world_size,
+            rank=runtime.rank,
+            world_size=runtime.world_size,
         )
         metrics = finetune_one_epoch(
-            model,
+            wrapped,
             batches,
             optimizer,
             policy=policy,
@@ -514,28 +551,28 @@ def run_finetune(
             max_steps=config.max_steps,
         )
         val_res = evaluate(
-            model, val, image_size=config.image_size, runtime=runtime, protocols=("clean",)
+            net, val, image_size=config.image_size, runtime=runtime, protocols=("clean",)
         )
         metrics["val_acc"] = val_res["clean"].acc
         metrics["val_macro_f1"] = val_res["clean"].macro_f1
         history.append(metrics)
         if metrics["val_acc"] > best_acc:
             best_acc = metrics["val_acc"]
-            best_state = {k: v.detach().clone() for k, v in model.state_dict().items()}
-            if best is not None:
+            best_state = {k: v.detach().clone() for k, v in net.state_dict().items()}
+            if best is not None and runtime.is_main:
                 save_checkpoint(
                     best,
-                    model=model,
+                    model=net,
                     optimizer=None,
                     epoch=epoch,
                     config=key,
                     data_fingerprint=fingerprint,
-                    extra={"val_acc": best_acc},
+                    extra={"val_acc": best_acc, "classes": list(train.classes)},
                 )
-        if last is not None:
+        if last is not None and runtime.is_main:
             save_checkpoint(
                 last,
-                model=model,
+                model=net,
                 optimizer=optimizer,
                 epoch=epoch,
                 config=key,
@@ -545,10 +582,10 @@ def run_finetune(
         if hooks.on_epoch is not None:
             hooks.on_epoch("finetune", epoch, metrics)
     if best_state is not None:
-        model.load_state_dict(best_state)
+        net.load_state_dict(best_state)
     elif best is not None and best.exists():
-        model.load_state_dict(load_checkpoint(best, runtime.device)["model"])
-    return model, history
+        net.load_state_dict(load_checkpoint(best, runtime.device)["model"])
+    return net, history
 
 
 @dataclass

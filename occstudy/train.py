@@ -43,11 +43,21 @@ class Runtime:
         device: Training device.
         amp: bf16 autocast (on CUDA only: on CPU it slows ResNets down on most machines).
         channels_last: NHWC memory format (helps convolutions on recent GPUs).
+        rank: This worker's rank in data-parallel training (0 when alone).
+        world_size: Number of data-parallel workers; > 1 wraps models in DDP (the process
+            group is set up by the launcher, e.g. Ray Train).
     """
 
     device: torch.device
     amp: bool = False
     channels_last: bool = False
+    rank: int = 0
+    world_size: int = 1
+
+    @property
+    def is_main(self) -> bool:
+        """Whether this worker writes checkpoints and reports (rank 0)."""
+        return self.rank == 0
 
     @staticmethod
     def auto(device: str = "auto") -> Runtime:
@@ -67,10 +77,18 @@ class Runtime:
         return x.contiguous(memory_format=torch.channels_last) if self.channels_last else x
 
     def prepare_model(self, model: nn.Module) -> nn.Module:
+        """Move ``model`` to the device (in place) in the runtime's memory format."""
         model = model.to(self.device)
         if self.channels_last:
             model = model.to(memory_format=torch.channels_last)  # type: ignore[call-overload]
         return model
+
+    def wrap(self, model: nn.Module) -> nn.Module:
+        """DDP around ``model`` when training data-parallel, else ``model`` itself."""
+        if self.world_size <= 1:
+            return model
+        ids = [self.device.index] if self.device.type == "cuda" else None
+        return nn.parallel.DistributedDataParallel(model, device_ids=ids)
 
 
 def seeded_generator(*seeds: int) -> torch.Generator:

@@ -105,3 +105,9 @@ def test_holdout_split_is_stratified_and_disjoint() -> None:
     assert not set(rest.paths or []) & set(held.paths or []) or not rest.paths
     for c, n in held.class_counts().items():
         assert n >= 1, c
+
+
+def test_dataref_options_round_trip() -> None:
+    ref = DataRef("ckplus", "/data/ck", options=(("fold", 3), ("n_folds", 10)))
+    assert str(ref) == "ckplus:/data/ck?fold=3&n_folds=10"
+    assert DataRef.parse(str(ref)) == ref

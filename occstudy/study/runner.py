@@ -1,0 +1,935 @@
+"""Running a study on Ray: the driver, the Tune trainables and the Ray Train launch.
+
+Three layers, as in Ray's Train/Tune interop pattern:
+
+1. the per-worker loops (:mod:`occstudy.study.worker`), which know the method, not Ray;
+2. the trainables here, one Tune trial each, which run those loops in the trial process (one CPU
+   worker) or launch a ``TorchTrainer`` (several workers or GPUs: DDP over gloo/NCCL);
+3. the driver (:func:`run_study`), which builds the ``Tuner`` runs.
+
+Stage 1 computes each distinct pretext configuration once into the pretext cache; stage 2 runs
+the fine-tune trials (grid over variants × seeds × label fractions × gridded parameters, and
+Optuna over sampled ones), each of which reuses the cached pretext result.
+"""
+
+from __future__ import annotations
+
+import contextlib
+import json
+import logging
+import math
+import os
+import statistics
+import sys
+import time
+from collections.abc import Callable, Iterator, Mapping, Sequence
+from dataclasses import dataclass, field, replace
+from pathlib import Path
+from typing import Any
+
+from occstudy import tracking
+from occstudy.pipeline import MethodConfig, load_pretext_data
+from occstudy.study.cache import PretextCache, pretext_cache_key
+from occstudy.study.spec import Grid, LogUniform, Study
+from occstudy.study.worker import (
+    FinetuneTask,
+    PretextTask,
+    finetune_worker,
+    pretext_key_for,
+    pretext_worker,
+)
+from occstudy.train import Runtime
+
+DEFAULT_STORAGE = "occstudy-runs"
+
+
+def configure_environment(local: bool) -> None:
+    """Environment for Ray, Train V2 and MLflow, set before either starts.
+
+    A local Ray listens on 127.0.0.1 only (Ray otherwise binds to the machine's external
+    address) and skips token authentication, which only matters for remote clients.
+    """
+    os.environ.setdefault("RAY_TRAIN_V2_ENABLED", "1")
+    os.environ.setdefault("RAY_USAGE_STATS_ENABLED", "0")
+    os.environ.setdefault("RAY_DEDUP_LOGS", "1")
+    # Tune's own console table would interleave with occstudy's progress lines.
+    os.environ.setdefault("RAY_AIR_NEW_OUTPUT", "1")
+    os.environ.setdefault("TUNE_DISABLE_AUTO_CALLBACK_LOGGERS", "1")
+    if local:
+        os.environ.setdefault("RAY_ENABLE_WINDOWS_OR_OSX_CLUSTER", "0")
+        os.environ.setdefault("RAY_AUTH_MODE", "disabled")
+    tracking.disable_telemetry()
+
+
+@contextlib.contextmanager
+def ray_session(address: str | None, num_cpus: int | None = None) -> Iterator[None]:
+    """Connect to (``address``) or start (None) Ray; shut down only what was started here."""
+    import ray
+
+    if ray.is_initialized():
+        yield
+        return
+    if address is None:
+        ray.init(
+            num_cpus=num_cpus,
+            # The dashboard (on 127.0.0.1) must run: Train V2 frees a stopped trial's placement
+            # group through the state API it serves; without it the next trial waits forever.
+            _node_ip_address="127.0.0.1",
+            logging_level=logging.WARNING,
+        )
+    else:
+        ray.init(address=address, logging_level=logging.WARNING)
+    try:
+        yield
+    finally:
+        ray.shutdown()
+
+
+# ---------------------------------------------------------------------------------------------
+# What every trial needs to know (small and picklable: shipped to each trial)
+# ---------------------------------------------------------------------------------------------
+
+
+@dataclass(frozen=True)
+class StudyContext:
+    """The study-wide settings a trial needs.
+
+    Attributes:
+        study: The study definition.
+        study_dir: The study's folder in the (shared) storage.
+        cache_root: The pretext cache folder (shared across studies in the same storage).
+        tracking_uri: MLflow tracking URI.
+        parent: The launch's parent MLflow run.
+        launch: Launch name (``launch-N``): part of trial folders and MLflow run keys.
+        device: Device for in-process trials.
+    """
+
+    study: Study
+    study_dir: str
+    cache_root: str
+    tracking_uri: str
+    parent: tracking.RunRef
+    launch: str
+    device: str = "auto"
+
+    def tracker(self) -> tracking.StudyTracker:
+        return tracking.StudyTracker(self.tracking_uri, self.study.name, _artifact_root(self))
+
+
+def _artifact_root(ctx: StudyContext) -> str | None:
+    if ctx.tracking_uri.startswith("sqlite:"):
+        return (Path(ctx.study_dir) / "mlartifacts").resolve().as_uri()
+    return None
+
+
+def method_params(config: MethodConfig) -> dict[str, Any]:
+    """MLflow params of a run: the same names in every run of every study."""
+    return {
+        "variant": config.variant,
+        "seed": config.seed,
+        "lambda": config.lam,
+        "tau": config.tau,
+        "lr": config.lr,
+        "pretext_lr": config.pretext_lr,
+        "label_fraction": config.label_fraction,
+        "dataset": str(config.data),
+        "pretext_data": config.pretext_data,
+        "epochs": config.epochs,
+        "pretext_epochs": config.pretext_epochs,
+        "batch_size": config.batch_size,
+        "image_size": config.image_size,
+        "stem": config.stem,
+        "pretext_policy": config.pretext_policy,
+        "finetune_policy": config.finetune_policy,
+        "balanced": config.balanced,
+    }
+
+
+def _tags(config: MethodConfig, trial: str) -> dict[str, str]:
+    return {
+        "dataset": config.data.name,
+        "variant": config.variant,
+        "seed": str(config.seed),
+        "label_fraction": str(config.label_fraction),
+        "trial": trial,
+    }
+
+
+# ---------------------------------------------------------------------------------------------
+# Ray Train launch (several workers or GPUs)
+# ---------------------------------------------------------------------------------------------
+
+
+def _worker_runtime() -> Runtime:
+    import ray.train
+    import ray.train.torch
+
+    ctx = ray.train.get_context()
+    device = ray.train.torch.get_device()
+    on_gpu = device.type == "cuda"
+    return Runtime(
+        device=device,
+        amp=on_gpu,
+        channels_last=on_gpu,
+        rank=ctx.get_world_rank(),
+        world_size=ctx.get_world_size(),
+    )
+
+
+def _train_pretext_loop(cfg: dict[str, Any]) -> None:
+    import ray.train
+
+    task: PretextTask = cfg["task"]
+    pretext_worker(task, _worker_runtime(), lambda m, e: ray.train.report(dict(m)))
+
+
+def _train_finetune_loop(cfg: dict[str, Any]) -> None:
+    import ray.train
+
+    task: FinetuneTask = cfg["task"]
+    last_epoch = task.config.epochs - 1
+    pending: dict[str, float] = {}
+
+    def report(metrics: Mapping[str, float], epoch: int) -> None:
+        # The last epoch is reported together with the test results (see finetune_trainable).
+        if epoch < last_epoch:
+            ray.train.report({**metrics, "epoch": epoch})
+        else:
+            pending.update(metrics, epoch=epoch)
+
+    summary = finetune_worker(task, _worker_runtime(), report)
+    ray.train.report({**pending, **summary})
+
+
+def _fit_torch_trainer(
+    loop: Callable[[dict[str, Any]], None],
+    task: PretextTask | FinetuneTask,
+    ctx: StudyContext,
+    name: str,
+    to_tune: bool,
+) -> None:
+    """Run ``loop`` on ``workers`` Ray Train workers (DDP; gloo on CPU, NCCL on GPU)."""
+    import ray.train
+    from ray.train.torch import TorchConfig, TorchTrainer
+
+    res = ctx.study.resources
+    use_gpu = res.gpus_per_worker > 0
+    per_worker: dict[str, float] = {"CPU": float(res.cpus_per_worker)}
+    if use_gpu:
+        per_worker["GPU"] = float(res.gpus_per_worker)
+    callbacks: list[Any] = []
+    if to_tune:
+        from ray.tune.integration.ray_train import TuneReportCallback
+
+        callbacks.append(TuneReportCallback())
+    trainer = TorchTrainer(
+        loop,
+        train_loop_config={"task": task},
+        torch_config=TorchConfig(backend="nccl" if use_gpu else "gloo"),
+        scaling_config=ray.train.ScalingConfig(
+            num_workers=res.workers, use_gpu=use_gpu, resources_per_worker=per_worker
+        ),
+        run_config=ray.train.RunConfig(
+            name=name,
+            storage_path=str(Path(ctx.study_dir) / "ray-train"),
+            failure_config=ray.train.FailureConfig(max_failures=2),
+            callbacks=callbacks,
+        ),
+    )
+    trainer.fit()
+
+
+# ---------------------------------------------------------------------------------------------
+# Trainables (one Tune trial each)
+# ---------------------------------------------------------------------------------------------
+
+
+def ensure_pretext(
+    task: PretextTask,
+    ctx: StudyContext,
+    report: Callable[[Mapping[str, float], int], None] | None = None,
+) -> dict[str, Any]:
+    """The pretext result of ``task``: from the cache, or computed once under the cache lock.
+
+    Every pretext job gets a nested MLflow run (get-or-create by cache key, so a rerun or a
+    trial that finds the result cached does not duplicate it).
+    """
+    cache = PretextCache(task.cache_root)
+    tracker = ctx.tracker()
+    config = task.config
+    with cache.lock(task.key):
+        run = tracker.child_run(
+            ctx.parent,
+            kind="pretext",
+            key=task.key,
+            name=f"pretext-{task.key}",
+            tags={**_tags(config, f"pretext-{task.key}"), "cache_key": task.key},
+            params=method_params(config),
+        )
+        if cache.has(task.key):
+            tracking.set_tags(run, {"occstudy.cached": "true"})
+            tracker.finish(run)
+            return cache.meta(task.key)
+        task = replace(task, run=run)
+        start = time.perf_counter()
+        try:
+            if ctx.study.resources.use_ray_train:
+                _fit_torch_trainer(
+                    _train_pretext_loop, task, ctx, f"{ctx.launch}-pretext-{task.key}", False
+                )
+                history: list[dict[str, float]] = []
+            else:
+                history = pretext_worker(task, Runtime.auto(ctx.device), report)
+        except BaseException:
+            tracker.finish(run, "FAILED")
+            raise
+        meta = {
+            "key": task.key,
+            "config": config.pretext_key(),
+            "history": history,
+            "seconds": time.perf_counter() - start,
+            "study": ctx.study.name,
+        }
+        cache.publish(task.key, cache.work_path(task.key), meta)
+        tracker.finish(run)
+        return meta
+
+
+def pretext_trainable(
+    config: dict[str, Any], ctx: StudyContext, tasks: Mapping[str, PretextTask]
+) -> None:
+    """Stage 1 trial: make sure one pretext result exists in the cache."""
+    from ray import tune
+
+    task = tasks[config["key"]]
+    meta = ensure_pretext(task, ctx, lambda m, e: tune.report({**m, "epoch": e}))
+    tune.report({"pretext_seconds": float(meta.get("seconds", 0.0)), "done": 1})
+
+
+def _point_of(config: Mapping[str, Any], study: Study) -> dict[str, Any]:
+    keys = set(study.point_keys()) | set(study.sampled_params())
+    return {k: v for k, v in config.items() if k in keys}
+
+
+def finetune_trainable(config: dict[str, Any], ctx: StudyContext) -> None:
+    """Stage 2 trial: fine-tune from the cached pretext result, then test every protocol."""
+    from ray import tune
+
+    study = ctx.study
+    point = _flat_point(config, study)
+    mc = replace(study.method_config(point), device=ctx.device)
+    name = study.trial_name(point)
+    key = None
+    if mc.variant != "none":
+        key, _ = pretext_key_for(mc)
+        if key is not None:
+            ensure_pretext(PretextTask(mc, key, ctx.cache_root), ctx)
+    tracker = ctx.tracker()
+    run = tracker.child_run(
+        ctx.parent,
+        kind="finetune",
+        key=f"{ctx.launch}/{name}",
+        name=name,
+        tags={**_tags(mc, name), **({"cache_key": key} if key else {})},
+        params=method_params(mc),
+    )
+    task = FinetuneTask(
+        config=mc,
+        name=name,
+        trial_dir=str(Path(ctx.study_dir) / "trials" / ctx.launch / name),
+        pretext_key=key,
+        cache_root=ctx.cache_root,
+        run=run,
+    )
+    if study.resources.use_ray_train:
+        try:
+            _fit_torch_trainer(_train_finetune_loop, task, ctx, f"{ctx.launch}-{name}", True)
+        except BaseException:
+            tracker.finish(run, "FAILED")
+            raise
+        tracker.finish(run)
+        return
+    last_epoch = mc.epochs - 1
+    pending: dict[str, float] = {}
+
+    def report(metrics: Mapping[str, float], epoch: int) -> None:
+        # ASHA stops a trial at its last rung, so the last epoch's report must already carry
+        # the test results: hold it back until they exist.
+        if epoch < last_epoch:
+            tune.report({**metrics, "epoch": epoch})
+        else:
+            pending.update(metrics, epoch=epoch)
+
+    try:
+        summary = finetune_worker(task, Runtime.auto(ctx.device), report)
+    except BaseException:
+        tracker.finish(run, "FAILED")
+        raise
+    tracker.finish(run)
+    tune.report({**pending, **summary})
+
+
+# ---------------------------------------------------------------------------------------------
+# Driver
+# ---------------------------------------------------------------------------------------------
+
+
+@dataclass(frozen=True)
+class RunOptions:
+    """How to run a study (everything that is not the study's definition).
+
+    Attributes:
+        storage: Storage root (a path shared by all nodes on a cluster); the study lives in
+            ``<storage>/<study name>``. Default ``./occstudy-runs``.
+        address: Ray cluster address; None starts Ray locally on 127.0.0.1.
+        tracking_uri: MLflow tracking URI; default ``$MLFLOW_TRACKING_URI`` or
+            ``sqlite:///<study dir>/mlflow.db``.
+        resume: Continue the last launch: finished trials and pretext jobs are not rerun.
+        no_cache: Recompute every pretext result this study needs.
+        smoke: Run the study's shrunk ``smoke()`` version.
+        num_cpus: CPUs of a locally started Ray (default: all).
+        device: Device of in-process trials.
+        progress: Print progress lines.
+    """
+
+    storage: str | None = None
+    address: str | None = None
+    tracking_uri: str | None = None
+    resume: bool = False
+    no_cache: bool = False
+    smoke: bool = False
+    num_cpus: int | None = None
+    device: str = "auto"
+    progress: bool = True
+
+
+@dataclass
+class TrialRow:
+    """One finished (or failed) fine-tune trial."""
+
+    name: str
+    point: dict[str, Any]
+    metrics: dict[str, float]
+    error: str | None = None
+
+
+@dataclass
+class StudyOutcome:
+    """What a study run produced."""
+
+    study: Study
+    study_dir: Path
+    tracking_uri: str
+    parent_run_id: str
+    experiment_id: str
+    rows: list[TrialRow] = field(default_factory=list)
+    pretext_computed: int = 0
+    pretext_cached: int = 0
+    seconds: float = 0.0
+
+    @property
+    def failed(self) -> list[TrialRow]:
+        return [r for r in self.rows if r.error is not None]
+
+
+def study_paths(study: Study, storage: str | None) -> tuple[Path, Path]:
+    """(study folder, pretext cache folder) in a storage root."""
+    root = Path(storage or DEFAULT_STORAGE).expanduser().resolve()
+    return root / study.name, root / "pretext-cache"
+
+
+def resolve_tracking_uri(study_dir: Path, tracking_uri: str | None) -> str:
+    return (
+        tracking_uri
+        or os.environ.get("MLFLOW_TRACKING_URI")
+        or tracking.default_tracking_uri(study_dir)
+    )
+
+
+def _launch_name(study_dir: Path, resume: bool) -> str:
+    """``launch-N``: a new N per fresh launch, the last one again on ``resume``."""
+    path = study_dir / "launches.json"
+    launches: list[str] = json.loads(path.read_text()) if path.exists() else []
+    if resume and launches:
+        return launches[-1]
+    name = f"launch-{len(launches) + 1}"
+    launches.append(name)
+    study_dir.mkdir(parents=True, exist_ok=True)
+    path.write_text(json.dumps(launches))
+    return name
+
+
+def plan_pretext(study: Study, cache_root: Path) -> dict[str, PretextTask]:
+    """The distinct pretext jobs the grid needs (sampled λ/τ are computed inside trials)."""
+    tasks: dict[str, PretextTask] = {}
+    sampled = study.sampled_params()
+    fingerprints: dict[tuple[Any, ...], str | None] = {}
+    for point in study.grid_points():
+        if point["variant"] == "none":
+            continue
+        filled = dict(point)
+        for name, dist in sampled.items():
+            filled[name] = dist.bounds()[0]
+        mc = study.method_config(filled)
+        if any(p in sampled for p in _pretext_params(mc.variant)):
+            continue
+        # The data fingerprint depends on the data settings only: load each set once.
+        data_id = (
+            mc.pretext_data,
+            mc.image_size,
+            mc.in_chans,
+            mc.pretext_limit,
+            mc.synthetic_size,
+            mc.seed if mc.pretext_data == "synthetic-faces" else None,
+        )
+        if data_id not in fingerprints:
+            data = load_pretext_data(mc)
+            fingerprints[data_id] = data.fingerprint() if data is not None else None
+        fp = fingerprints[data_id]
+        if fp is None:
+            continue
+        key = pretext_cache_key(mc, fp)
+        tasks.setdefault(key, PretextTask(mc, key, str(cache_root)))
+    return tasks
+
+
+def _pretext_params(variant: str) -> tuple[str, ...]:
+    return {
+        "ss": ("tau", "pretext_lr"),
+        "mask": ("pretext_lr",),
+        "ss+mask": ("lam", "tau", "pretext_lr"),
+    }.get(variant, ())
+
+
+class _Progress:
+    """A Tune callback: live progress lines and MLflow run status at the edges."""
+
+    def __new__(cls, *args: Any, **kwargs: Any) -> Any:
+        from ray.tune import Callback
+
+        class Impl(Callback):  # type: ignore[misc]
+            def __init__(
+                self,
+                stage: str,
+                total: int,
+                metric: str | None,
+                mode: str,
+                enabled: bool,
+                finalize: Callable[[Any, str], None] | None = None,
+            ) -> None:
+                self.stage, self.total, self.metric, self.mode = stage, total, metric, mode
+                self.enabled = enabled
+                self.finalize = finalize
+                self.done = self.failed = self.running = 0
+                self.best: tuple[float, str] | None = None
+                self.start = time.perf_counter()
+
+            def _line(self, what: str) -> None:
+                if not self.enabled:
+                    return
+                best = ""
+                if self.best is not None:
+                    best = f" | best {self.metric} {self.best[0]:.4f} ({self.best[1]})"
+                elapsed = time.perf_counter() - self.start
+                print(
+                    f"[{self.stage} {elapsed:6.0f}s] {what}: done {self.done}/{self.total}, "
+                    f"running {self.running}, failed {self.failed}{best}",
+                    file=sys.stderr,
+                    flush=True,
+                )
+
+            def on_trial_start(
+                self, iteration: int, trials: list[Any], trial: Any, **info: Any
+            ) -> None:
+                self.running += 1
+                self._line(f"started {trial}")
+
+            def on_trial_result(
+                self,
+                iteration: int,
+                trials: list[Any],
+                trial: Any,
+                result: dict[str, Any],
+                **info: Any,
+            ) -> None:
+                if self.metric and self.metric in result:
+                    v = float(result[self.metric])
+                    better = self.best is None or (
+                        v > self.best[0] if self.mode == "max" else v < self.best[0]
+                    )
+                    if better and math.isfinite(v):
+                        self.best = (v, str(trial))
+
+            def on_trial_complete(
+                self, iteration: int, trials: list[Any], trial: Any, **info: Any
+            ) -> None:
+                self.running = max(0, self.running - 1)
+                self.done += 1
+                if self.finalize is not None:
+                    self.finalize(trial, "FINISHED")
+                self._line(f"finished {trial}")
+
+            def on_trial_error(
+                self, iteration: int, trials: list[Any], trial: Any, **info: Any
+            ) -> None:
+                self.running = max(0, self.running - 1)
+                self.failed += 1
+                if self.finalize is not None:
+                    self.finalize(trial, "FAILED")
+                self._line(f"FAILED {trial}")
+
+        return Impl(*args, **kwargs)
+
+
+def _fit(
+    make_tuner: Callable[[], Any],
+    trainable: Any,
+    path: Path,
+    resume: bool,
+    param_space: dict[str, Any],
+) -> Any:
+    """A Tuner, restored from ``path`` when resuming (finished trials are kept), else fresh."""
+    from ray import tune
+
+    if resume and tune.Tuner.can_restore(str(path)):
+        tuner = tune.Tuner.restore(
+            str(path),
+            trainable=trainable,
+            resume_unfinished=True,
+            resume_errored=True,
+            param_space=param_space,
+        )
+    else:
+        tuner = make_tuner()
+    return tuner.fit()
+
+
+def _trial_resources(study: Study) -> dict[str, float]:
+    res = study.resources
+    if res.use_ray_train:
+        # The trial only coordinates; the TorchTrainer's workers hold the CPUs/GPUs.
+        return {"CPU": 0}
+    out = {"CPU": float(res.cpus_per_worker)}
+    if res.gpus_per_worker:
+        out["GPU"] = float(res.gpus_per_worker)
+    return out
+
+
+def run_study(study: Study, options: RunOptions | None = None) -> StudyOutcome:
+    """Run a study: stage 1 (pretext cache), stage 2 (fine-tune trials), ablation table.
+
+    Fails before anything starts when the MLflow tracking server cannot be reached.
+    """
+    options = options or RunOptions()
+    if options.smoke:
+        study = study.smoke()
+    configure_environment(local=options.address is None)
+    study_dir, cache_root = study_paths(study, options.storage)
+    uri = resolve_tracking_uri(study_dir, options.tracking_uri)
+    tracking.check_reachable(uri)
+    study_dir.mkdir(parents=True, exist_ok=True)
+    (study_dir / "study.json").write_text(json.dumps(study.to_dict(), indent=2))
+    launch = _launch_name(study_dir, options.resume)
+    artifact_root = (
+        (study_dir / "mlartifacts").resolve().as_uri() if uri.startswith("sqlite:") else None
+    )
+    tracker = tracking.StudyTracker(uri, study.name, artifact_root)
+    parent = tracker.parent_run(launch, study.to_dict(), resume=options.resume)
+    ctx = StudyContext(study, str(study_dir), str(cache_root), uri, parent, launch, options.device)
+    outcome = StudyOutcome(study, study_dir, uri, parent.run_id, parent.experiment_id)
+    start = time.perf_counter()
+    try:
+        with ray_session(options.address, options.num_cpus):
+            _stage1(ctx, options, outcome, cache_root)
+            _stage2(ctx, options, outcome)
+    except KeyboardInterrupt:
+        tracker.finish(parent, "KILLED")
+        raise
+    except BaseException:
+        tracker.finish(parent, "FAILED")
+        raise
+    outcome.seconds = time.perf_counter() - start
+    table = ablation_table(outcome.rows, study)
+    (study_dir / "ablation.md").write_text(table)
+    (study_dir / "trials.json").write_text(
+        json.dumps([r.__dict__ for r in outcome.rows], indent=2, default=str)
+    )
+    tracking.log_json(parent, [r.__dict__ for r in outcome.rows], "trials.json")
+    tracking.log_json(parent, {"table": table}, "ablation.json")
+    tracking.log_metrics(
+        parent, {"study_seconds": outcome.seconds, "failed_trials": float(len(outcome.failed))}
+    )
+    tracker.finish(parent, "FINISHED" if not outcome.failed else "FAILED")
+    return outcome
+
+
+def _stage1(
+    ctx: StudyContext, options: RunOptions, outcome: StudyOutcome, cache_root: Path
+) -> None:
+    from ray import tune
+
+    study = ctx.study
+    tasks = plan_pretext(study, cache_root)
+    cache = PretextCache(cache_root)
+    if options.no_cache and not options.resume:
+        for key in tasks:
+            cache.invalidate(key)
+    todo = sorted(k for k in tasks if not cache.has(k))
+    outcome.pretext_cached = len(tasks) - len(todo)
+    outcome.pretext_computed = len(todo)
+    if options.progress:
+        print(
+            f"[pretext] {len(tasks)} distinct pretext jobs: {len(todo)} to compute, "
+            f"{outcome.pretext_cached} cached",
+            file=sys.stderr,
+            flush=True,
+        )
+    # Cached jobs still go through a (fast) trial so each gets its nested MLflow run.
+    keys = sorted(tasks)
+    if not keys:
+        return
+    trainable = tune.with_resources(
+        tune.with_parameters(pretext_trainable, ctx=ctx, tasks=tasks), _trial_resources(study)
+    )
+    param_space = {"key": tune.grid_search(keys)}
+    path = Path(ctx.study_dir) / "tune" / f"{ctx.launch}-pretext"
+
+    def make() -> Any:
+        return tune.Tuner(
+            trainable,
+            param_space=param_space,
+            tune_config=tune.TuneConfig(
+                max_concurrent_trials=study.resources.max_concurrent,
+                trial_name_creator=lambda t: f"pretext-{t.config['key']}",
+                trial_dirname_creator=lambda t: f"pretext-{t.config['key']}",
+            ),
+            run_config=tune.RunConfig(
+                name=path.name,
+                storage_path=str(path.parent),
+                failure_config=tune.FailureConfig(max_failures=2),
+                callbacks=[_Progress("pretext", len(keys), None, "max", options.progress)],
+                verbose=0,
+            ),
+        )
+
+    results = _fit(make, trainable, path, options.resume, param_space)
+    if results.errors:
+        raise RuntimeError(
+            f"{len(results.errors)} pretext job(s) failed; first error: {results.errors[0]}"
+        )
+
+
+def _stage2(ctx: StudyContext, options: RunOptions, outcome: StudyOutcome) -> None:
+    from ray import tune
+
+    study = ctx.study
+    search = study.search
+    trainable = tune.with_resources(
+        tune.with_parameters(finetune_trainable, ctx=ctx), _trial_resources(study)
+    )
+    points = study.grid_points()
+    sampled = study.sampled_params()
+    scheduler = None
+    runs: list[tuple[str, dict[str, Any], Any, int]] = []
+    if not sampled:
+        # One Tune run over the whole grid (variants × seeds × fractions × gridded params).
+        runs.append((f"{ctx.launch}-finetune", {"point": tune.grid_search(points)}, None, 1))
+    else:
+        # Ray Tune's OptunaSearch cannot expand grid dimensions, so each grid point (variant,
+        # seed, label fraction, ...) gets its own Optuna search over the sampled parameters.
+        for point in points:
+            space: dict[str, Any] = dict(point)
+            for name, dist in sampled.items():
+                lo, hi = dist.bounds()
+                space[name] = (
+                    tune.loguniform(lo, hi)
+                    if isinstance(dist, LogUniform)
+                    else tune.uniform(lo, hi)
+                )
+            runs.append(
+                (
+                    f"{ctx.launch}-search-{_grid_label(point, study)}",
+                    space,
+                    _searcher(study),
+                    search.num_samples,
+                )
+            )
+    for run_name, param_space, searcher, num_samples in runs:
+        if search.scheduler == "asha":
+            from ray.tune.schedulers import ASHAScheduler
+
+            # A scheduler holds per-run state: one per Tune run.
+            scheduler = ASHAScheduler(
+                time_attr="training_iteration",
+                max_t=study.finetune.epochs,
+                grace_period=search.grace_period,
+                reduction_factor=search.reduction_factor,
+            )
+        path = Path(ctx.study_dir) / "tune" / run_name
+
+        def trial_name(t: Any) -> str:
+            return study.trial_name(_flat_point(t.config, study))
+
+        def finalize(t: Any, status: str) -> None:
+            # A trial ASHA stopped early (or that died) never closed its own MLflow run.
+            tracking.finish_by_key(
+                ctx.tracking_uri,
+                study.name,
+                kind="finetune",
+                key=f"{ctx.launch}/{trial_name(t)}",
+                status=status,
+            )
+
+        def make(
+            param_space: dict[str, Any] = param_space,
+            searcher: Any = searcher,
+            num_samples: int = num_samples,
+            scheduler: Any = scheduler,
+            path: Path = path,
+        ) -> Any:
+            return tune.Tuner(
+                trainable,
+                param_space=param_space,
+                tune_config=tune.TuneConfig(
+                    metric=search.metric,
+                    mode=search.mode,
+                    search_alg=searcher,
+                    scheduler=scheduler,
+                    num_samples=num_samples,
+                    max_concurrent_trials=study.resources.max_concurrent,
+                    trial_name_creator=trial_name,
+                    trial_dirname_creator=trial_name,
+                ),
+                run_config=tune.RunConfig(
+                    name=path.name,
+                    storage_path=str(path.parent),
+                    failure_config=tune.FailureConfig(max_failures=2),
+                    checkpoint_config=tune.CheckpointConfig(num_to_keep=1),
+                    callbacks=[
+                        _Progress(
+                            "finetune",
+                            _count(param_space, num_samples),
+                            search.metric,
+                            search.mode,
+                            options.progress,
+                        )
+                    ],
+                    verbose=0,
+                ),
+            )
+
+        results = _fit(make, trainable, path, options.resume, param_space)
+        for r in results:
+            point = _flat_point(r.config or {}, study)
+            outcome.rows.append(
+                TrialRow(
+                    name=study.trial_name(point) if point else "?",
+                    point=point,
+                    metrics={
+                        k: float(v)
+                        for k, v in (r.metrics or {}).items()
+                        if isinstance(v, int | float) and not isinstance(v, bool)
+                    },
+                    error=repr(r.error) if r.error else None,
+                )
+            )
+
+
+def _count(param_space: Mapping[str, Any], num_samples: int) -> int:
+    point = param_space.get("point")
+    if isinstance(point, dict) and "grid_search" in point:
+        return len(point["grid_search"]) * num_samples
+    return num_samples
+
+
+def _flat_point(config: Mapping[str, Any], study: Study) -> dict[str, Any]:
+    if "point" in config and isinstance(config["point"], Mapping):
+        return dict(config["point"])
+    return _point_of(config, study)
+
+
+def _grid_label(point: Mapping[str, Any], study: Study) -> str:
+    return study.trial_name(
+        {**point, **{n: d.bounds()[0] for n, d in study.sampled_params().items()}}
+    ).split("_lam")[0]
+
+
+def _searcher(study: Study) -> Any:
+    import optuna
+    from ray.tune.search.optuna import OptunaSearch
+
+    seed = study.seeds[0]
+    sampler = {
+        "tpe": lambda: optuna.samplers.TPESampler(seed=seed),
+        "random": lambda: optuna.samplers.RandomSampler(seed=seed),
+        "cmaes": lambda: optuna.samplers.CmaEsSampler(seed=seed),
+    }[study.search.algorithm]()
+    searcher = OptunaSearch(sampler=sampler, metric=study.search.metric, mode=study.search.mode)
+    if study.resources.max_concurrent:
+        from ray.tune.search import ConcurrencyLimiter
+
+        return ConcurrencyLimiter(searcher, max_concurrent=study.resources.max_concurrent)
+    return searcher
+
+
+# ---------------------------------------------------------------------------------------------
+# Ablation table
+# ---------------------------------------------------------------------------------------------
+
+
+def _mean_std(values: Sequence[float]) -> str:
+    if not values:
+        return "–"
+    mean = 100 * statistics.fmean(values)
+    if len(values) == 1:
+        return f"{mean:.2f}"
+    return f"{mean:.2f} ± {100 * statistics.stdev(values):.2f}"
+
+
+def ablation_rows(
+    rows: Sequence[TrialRow], study: Study
+) -> tuple[list[str], list[tuple[str, dict[str, list[float]]]]]:
+    """Group finished trials by everything but the seed; collect test accuracies per protocol."""
+    protocols: list[str] = []
+    groups: dict[str, dict[str, list[float]]] = {}
+    for row in rows:
+        if row.error is not None:
+            continue
+        label_parts = [row.point.get("variant", "?")]
+        if len(study.label_fractions) > 1:
+            label_parts.append(f"labels {100 * float(row.point.get('label_fraction', 1)):g}%")
+        for p, value in sorted(row.point.items()):
+            if p in ("variant", "seed", "label_fraction", "fold"):
+                continue
+            if isinstance(study.search_space.get(p), Grid):
+                label_parts.append(f"{p}={value:g}")
+        label = ", ".join(label_parts)
+        g = groups.setdefault(label, {})
+        for k, v in row.metrics.items():
+            if k.startswith("test.") and k.endswith(".acc"):
+                proto = k[len("test.") : -len(".acc")]
+                if proto not in protocols:
+                    protocols.append(proto)
+                g.setdefault(proto, []).append(v)
+    order = {v: i for i, v in enumerate(study.variants)}
+    items = sorted(groups.items(), key=lambda kv: (order.get(kv[0].split(",")[0], 99), kv[0]))
+    return protocols, items
+
+
+def ablation_table(rows: Sequence[TrialRow], study: Study) -> str:
+    """Markdown table: mean ± std of test accuracy (%) over seeds, per variant and protocol."""
+    protocols, items = ablation_rows(rows, study)
+    if not items:
+        return "(no finished trials)\n"
+    n_seeds = max((len(v) for _, g in items for v in g.values()), default=0)
+    lines = [
+        f"Test accuracy (%), mean ± std over seeds (up to {n_seeds} per cell)",
+        "",
+        "| variant | " + " | ".join(protocols) + " |",
+        "|---|" + "---|" * len(protocols),
+    ]
+    for label, g in items:
+        lines.append(
+            f"| {label} | " + " | ".join(_mean_std(g.get(p, [])) for p in protocols) + " |"
+        )
+    return "\n".join(lines) + "\n"

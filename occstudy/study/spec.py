@@ -1,0 +1,957 @@
+"""Typed study definitions: what to run, validated before anything starts.
+
+A :class:`Study` names the data of both stages, the test protocols, the ablation variants,
+seeds, label fractions and a search space over the method's hyper-parameters, plus how to
+search it (grid, or an Optuna sampler with an optional ASHA scheduler) and the resources of
+each trial. Every field is checked in ``__post_init__`` and a bad value raises
+:class:`StudyError` naming the field path, e.g.
+``Study.search_space['gamma']: unknown parameter; valid: lam, tau, lr, pretext_lr``.
+
+The runner turns a study into trials: :meth:`Study.grid_points` are the grid dimensions, the
+search algorithm fills in :meth:`Study.sampled_params`, and :meth:`Study.method_config` maps a
+complete point onto the single-process :class:`~occstudy.pipeline.MethodConfig`.
+
+Study files (``studies/*.py``) define a module-level ``study`` (or ``make_study()``) and are
+imported with :func:`load_study`; they locate real data only through :func:`data_root`.
+"""
+
+from __future__ import annotations
+
+import importlib.util
+import itertools
+import math
+import os
+import re
+import sys
+from collections.abc import Iterator, Mapping, Sequence
+from dataclasses import dataclass, field, fields, replace
+from pathlib import Path
+from typing import Any, TypeAlias
+
+from occstudy.evaluate import SYNTHETIC_PROTOCOLS
+from occstudy.losses import VARIANTS
+from occstudy.models import STEMS
+from occstudy.occlusion import POLICIES
+from occstudy.pipeline import (
+    DEFAULT_SPLITS,
+    REAL_OCCLUSION_SETS,
+    SYNTHETIC,
+    DataRef,
+    MethodConfig,
+)
+
+__all__ = [
+    "ALGORITHMS",
+    "PARAMS",
+    "PRETEXT_PARAMS",
+    "SCHEDULERS",
+    "Fixed",
+    "FinetuneSpec",
+    "Grid",
+    "LogUniform",
+    "Param",
+    "PretextSpec",
+    "Resources",
+    "SearchSpace",
+    "SearchSpec",
+    "Study",
+    "StudyError",
+    "TestSpec",
+    "Uniform",
+    "data_root",
+    "load_study",
+]
+
+#: Searchable hyper-parameters of the method.
+PARAMS: tuple[str, ...] = ("lam", "tau", "lr", "pretext_lr")
+#: The parameters the pretext stage's result depends on (the runner's pretext cache key).
+PRETEXT_PARAMS: tuple[str, ...] = ("lam", "tau", "pretext_lr")
+#: ``grid`` enumerates; the others are Optuna samplers run through Ray Tune's OptunaSearch.
+ALGORITHMS: tuple[str, ...] = ("grid", "tpe", "random", "cmaes")
+SCHEDULERS: tuple[str, ...] = ("none", "asha")
+PROTOCOLS: tuple[str, ...] = ("clean", *SYNTHETIC_PROTOCOLS)
+#: Labelled datasets whose loader deals subject-independent folds (options fold, n_folds).
+FOLD_DATASETS: tuple[str, ...] = ("ckplus",)
+#: Variants without a pretext stage (their F starts from scratch).
+NO_PRETEXT_VARIANTS: tuple[str, ...] = ("none",)
+DATA_ENV = "OCCSTUDY_DATA"
+_NAME_RE = re.compile(r"[A-Za-z0-9_.-]+")
+
+
+class StudyError(ValueError):
+    """An invalid study definition or study file; the message names the field path and value."""
+
+
+# ---------------------------------------------------------------------------------------------
+# Small validation helpers
+# ---------------------------------------------------------------------------------------------
+
+
+def _err(path: str, value: Any, why: str) -> StudyError:
+    return StudyError(f"{path}={value!r}: {why}")
+
+
+def _number(path: str, value: Any) -> float:
+    # bool is an int subclass; True as a learning rate is always a mistake.
+    if isinstance(value, bool) or not isinstance(value, int | float):
+        raise _err(path, value, "must be a number")
+    if not math.isfinite(value):
+        raise _err(path, value, "must be finite")
+    return float(value)
+
+
+def _integer(path: str, value: Any, minimum: int) -> int:
+    if isinstance(value, bool) or not isinstance(value, int):
+        raise _err(path, value, "must be an int")
+    if value < minimum:
+        raise _err(path, value, f"must be >= {minimum}")
+    return value
+
+
+def _optional_integer(path: str, value: Any, minimum: int) -> int | None:
+    return None if value is None else _integer(path, value, minimum)
+
+
+def _choice(path: str, value: Any, valid: Sequence[str]) -> str:
+    if value not in valid:
+        raise _err(path, value, f"valid: {', '.join(valid)}")
+    return str(value)
+
+
+def _tuple(path: str, value: Any) -> tuple[Any, ...]:
+    # Users naturally write lists; a str would silently become a tuple of characters.
+    if isinstance(value, str | bytes) or not isinstance(value, Sequence):
+        raise _err(path, value, "must be a tuple")
+    return tuple(value)
+
+
+def _unique(path: str, values: tuple[Any, ...]) -> None:
+    seen: set[Any] = set()
+    for v in values:
+        if v in seen:
+            raise _err(path, values, f"duplicate value {v!r}")
+        seen.add(v)
+
+
+def _set(obj: Any, name: str, value: Any) -> None:
+    # Normalising a frozen dataclass's own field in __post_init__.
+    object.__setattr__(obj, name, value)
+
+
+# ---------------------------------------------------------------------------------------------
+# Search-space parameters
+# ---------------------------------------------------------------------------------------------
+
+
+@dataclass(frozen=True)
+class Fixed:
+    """One value, the same in every trial."""
+
+    value: float
+
+    def __post_init__(self) -> None:
+        _set(self, "value", _number("Fixed.value", self.value))
+
+    def bounds(self) -> tuple[float, float]:
+        return self.value, self.value
+
+
+@dataclass(frozen=True)
+class Grid:
+    """Values enumerated as a grid dimension (every value in every combination)."""
+
+    values: tuple[float, ...]
+
+    def __post_init__(self) -> None:
+        values = _tuple("Grid.values", self.values)
+        if not values:
+            raise StudyError("Grid.values: empty")
+        values = tuple(_number(f"Grid.values[{i}]", v) for i, v in enumerate(values))
+        _unique("Grid.values", values)
+        _set(self, "values", values)
+
+    def bounds(self) -> tuple[float, float]:
+        return min(self.values), max(self.values)
+
+
+def _check_range(obj: Any) -> None:
+    name = type(obj).__name__
+    low = _number(f"{name}.low", obj.low)
+    high = _number(f"{name}.high", obj.high)
+    if not low < high:
+        raise _err(f"{name}.high", high, f"must be > low={low!r}")
+    _set(obj, "low", low)
+    _set(obj, "high", high)
+
+
+@dataclass(frozen=True)
+class Uniform:
+    """Sampled uniformly in ``[low, high]`` by the search algorithm."""
+
+    low: float
+    high: float
+
+    def __post_init__(self) -> None:
+        _check_range(self)
+
+    def bounds(self) -> tuple[float, float]:
+        return self.low, self.high
+
+
+@dataclass(frozen=True)
+class LogUniform:
+    """Sampled log-uniformly in ``[low, high]``, ``low > 0``.
+
+    Deliberately not a subclass of :class:`Uniform`, so ``isinstance`` tells them apart.
+    """
+
+    low: float
+    high: float
+
+    def __post_init__(self) -> None:
+        _check_range(self)
+        if not self.low > 0:
+            raise _err("LogUniform.low", self.low, "must be > 0")
+
+    def bounds(self) -> tuple[float, float]:
+        return self.low, self.high
+
+
+Param: TypeAlias = Fixed | Grid | Uniform | LogUniform
+_PARAM_KINDS: dict[str, type[Fixed] | type[Grid] | type[Uniform] | type[LogUniform]] = {
+    "fixed": Fixed,
+    "grid": Grid,
+    "uniform": Uniform,
+    "loguniform": LogUniform,
+}
+#: The paper's settings (λ = 0.2, τ = 2, Adam 1e-4 in both stages).
+DEFAULT_SEARCH_SPACE: dict[str, Param] = {
+    "lam": Fixed(0.2),
+    "tau": Fixed(2.0),
+    "lr": Fixed(1e-4),
+    "pretext_lr": Fixed(1e-4),
+}
+# (lowest allowed value, whether the bound itself is allowed) per parameter.
+_PARAM_MIN: dict[str, tuple[float, bool]] = {
+    "lam": (0.0, True),
+    "tau": (0.0, False),
+    "lr": (0.0, False),
+    "pretext_lr": (0.0, False),
+}
+
+
+def _param_kind(p: Param) -> str:
+    return next(k for k, cls in _PARAM_KINDS.items() if type(p) is cls)
+
+
+def _param_to_dict(p: Param) -> dict[str, Any]:
+    kind = _param_kind(p)
+    if isinstance(p, Fixed):
+        return {"kind": kind, "value": p.value}
+    if isinstance(p, Grid):
+        return {"kind": kind, "values": list(p.values)}
+    return {"kind": kind, "low": p.low, "high": p.high}
+
+
+def _param_from_dict(path: str, d: Any) -> Param:
+    if not isinstance(d, Mapping) or d.get("kind") not in _PARAM_KINDS:
+        raise _err(path, d, f"expected {{'kind': one of {', '.join(_PARAM_KINDS)}, ...}}")
+    args = {k: v for k, v in d.items() if k != "kind"}
+    if "values" in args and isinstance(args["values"], list):
+        args["values"] = tuple(args["values"])
+    try:
+        return _PARAM_KINDS[d["kind"]](**args)  # type: ignore[no-any-return]
+    except TypeError as exc:
+        raise _err(path, d, str(exc)) from None
+
+
+class SearchSpace(Mapping[str, Param]):
+    """An immutable, hashable, picklable mapping of parameter name to :data:`Param`.
+
+    (``types.MappingProxyType`` would do for immutability but cannot be pickled, and the
+    study is shipped to Ray workers.) Keys are kept in :data:`PARAMS` order.
+    """
+
+    __slots__ = ("_items",)
+
+    def __init__(self, items: Mapping[str, Param]) -> None:
+        self._items: dict[str, Param] = {k: items[k] for k in PARAMS if k in items}
+
+    def __getitem__(self, key: str) -> Param:
+        return self._items[key]
+
+    def __iter__(self) -> Iterator[str]:
+        return iter(self._items)
+
+    def __len__(self) -> int:
+        return len(self._items)
+
+    def __hash__(self) -> int:
+        return hash(tuple(self._items.items()))
+
+    def __repr__(self) -> str:
+        return f"SearchSpace({self._items!r})"
+
+    def __getstate__(self) -> dict[str, Param]:
+        return self._items
+
+    def __setstate__(self, state: dict[str, Param]) -> None:
+        self._items = state
+
+
+# ---------------------------------------------------------------------------------------------
+# Stage, test, search and resource specs
+# ---------------------------------------------------------------------------------------------
+
+
+def _parse_ref(path: str, text: Any) -> DataRef:
+    if not isinstance(text, str) or not text:
+        raise _err(path, text, "must be a non-empty string NAME or NAME:ROOT")
+    try:
+        return DataRef.parse(text)
+    except ValueError as exc:
+        raise _err(path, text, str(exc)) from None
+
+
+@dataclass(frozen=True)
+class PretextSpec:
+    """The pretext stage.
+
+    Attributes:
+        data: ``synthetic-faces`` or a folder of unlabelled faces (searched recursively); the
+            folder must exist when the study has a pretext variant.
+        epochs: Pretext epochs.
+        limit: Use at most this many unlabelled faces (None = all).
+        policy: Occlusion policy (see :data:`occstudy.occlusion.POLICIES`).
+    """
+
+    data: str = SYNTHETIC
+    epochs: int = 1
+    limit: int | None = None
+    policy: str = "all"
+
+    def __post_init__(self) -> None:
+        if not isinstance(self.data, str) or not self.data:
+            raise _err("PretextSpec.data", self.data, "must be 'synthetic-faces' or a folder")
+        _integer("PretextSpec.epochs", self.epochs, 1)
+        _optional_integer("PretextSpec.limit", self.limit, 1)
+        _choice("PretextSpec.policy", self.policy, POLICIES)
+
+
+@dataclass(frozen=True)
+class FinetuneSpec:
+    """The fine-tune stage (and the labelled dataset whose test split is tested).
+
+    Attributes:
+        data: ``NAME`` or ``NAME:ROOT`` of a labelled dataset (a key of ``DEFAULT_SPLITS``).
+        epochs: Fine-tune epochs.
+        balanced: Class-balanced sampling.
+        policy: Occlusion policy of the occluded copies.
+        occlusion_prob: Share of training images seen occluded.
+        train_limit: Use at most this many labelled training faces, stratified.
+        synthetic_size: Images per split of the built-in data set.
+        folds: Subject-independent k-fold cross-validation (datasets in ``FOLD_DATASETS``):
+            each fold becomes a grid dimension ``fold`` (None = the dataset's own split).
+    """
+
+    data: str = SYNTHETIC
+    epochs: int = 2
+    balanced: bool = False
+    policy: str = "all"
+    occlusion_prob: float = 0.5
+    train_limit: int | None = None
+    synthetic_size: int = 6000
+    folds: int | None = None
+
+    def __post_init__(self) -> None:
+        ref = _parse_ref("FinetuneSpec.data", self.data)
+        if ref.name not in DEFAULT_SPLITS:
+            raise _err(
+                "FinetuneSpec.data",
+                self.data,
+                f"unknown dataset {ref.name!r} for fine-tuning (not a labelled training set); "
+                f"valid: {', '.join(DEFAULT_SPLITS)}",
+            )
+        _integer("FinetuneSpec.epochs", self.epochs, 1)
+        if not isinstance(self.balanced, bool):
+            raise _err("FinetuneSpec.balanced", self.balanced, "must be a bool")
+        _choice("FinetuneSpec.policy", self.policy, POLICIES)
+        prob = _number("FinetuneSpec.occlusion_prob", self.occlusion_prob)
+        if not 0 <= prob <= 1:
+            raise _err("FinetuneSpec.occlusion_prob", prob, "must be in [0, 1]")
+        _optional_integer("FinetuneSpec.train_limit", self.train_limit, 1)
+        _integer("FinetuneSpec.synthetic_size", self.synthetic_size, 1)
+        if self.folds is not None:
+            _integer("FinetuneSpec.folds", self.folds, 2)
+            if ref.name not in FOLD_DATASETS:
+                raise _err(
+                    "FinetuneSpec.folds",
+                    self.folds,
+                    f"dataset {ref.name!r} has no fold splits; valid for: "
+                    f"{', '.join(FOLD_DATASETS)}",
+                )
+
+    def data_ref(self, fold: int | None = None) -> DataRef:
+        """The labelled dataset, with the loader's fold options when ``fold`` is given."""
+        ref = DataRef.parse(self.data)
+        if fold is None:
+            return ref
+        return replace(ref, options=(*ref.options, ("fold", fold), ("n_folds", self.folds)))
+
+
+@dataclass(frozen=True)
+class TestSpec:
+    """What each fine-tuned model is tested on.
+
+    Attributes:
+        protocols: Protocols on the labelled set's test split: ``clean`` and synthetic ones.
+        real: Real-occlusion test sets, ``occlusion-ferplus:ROOT`` or ``pose-ferplus:ROOT``.
+    """
+
+    __test__ = False  # not a pytest test class, despite the name
+
+    protocols: tuple[str, ...] = PROTOCOLS
+    real: tuple[str, ...] = ()
+
+    def __post_init__(self) -> None:
+        protocols = _tuple("TestSpec.protocols", self.protocols)
+        real = _tuple("TestSpec.real", self.real)
+        for i, p in enumerate(protocols):
+            _choice(f"TestSpec.protocols[{i}]", p, PROTOCOLS)
+        _unique("TestSpec.protocols", protocols)
+        for i, text in enumerate(real):
+            ref = _parse_ref(f"TestSpec.real[{i}]", text)
+            if ref.name not in REAL_OCCLUSION_SETS:
+                raise _err(
+                    f"TestSpec.real[{i}]",
+                    text,
+                    f"unknown real-occlusion set {ref.name!r}; "
+                    f"valid: {', '.join(REAL_OCCLUSION_SETS)}",
+                )
+        _unique("TestSpec.real", real)
+        if not protocols and not real:
+            raise StudyError("TestSpec: empty (no protocols and no real-occlusion sets)")
+        _set(self, "protocols", protocols)
+        _set(self, "real", real)
+
+
+@dataclass(frozen=True)
+class SearchSpec:
+    """How the search space is explored.
+
+    Attributes:
+        algorithm: ``grid`` (enumerate Fixed/Grid params only) or an Optuna sampler
+            (``tpe``, ``random``, ``cmaes``) for Uniform/LogUniform params.
+        num_samples: Optuna trials per grid point (1 for ``grid``).
+        scheduler: ``none`` or ``asha`` (early stopping on fine-tune epochs).
+        grace_period: ASHA: epochs before a trial can be stopped.
+        reduction_factor: ASHA: keep 1/reduction_factor at each rung.
+        metric: Metric reported per fine-tune epoch to optimise (a validation metric).
+        mode: ``max`` or ``min``.
+    """
+
+    algorithm: str = "grid"
+    num_samples: int = 1
+    scheduler: str = "none"
+    grace_period: int = 1
+    reduction_factor: int = 2
+    metric: str = "val_acc"
+    mode: str = "max"
+
+    def __post_init__(self) -> None:
+        _choice("SearchSpec.algorithm", self.algorithm, ALGORITHMS)
+        _integer("SearchSpec.num_samples", self.num_samples, 1)
+        if self.algorithm == "grid" and self.num_samples != 1:
+            raise _err(
+                "SearchSpec.num_samples",
+                self.num_samples,
+                "must be 1 for algorithm 'grid' (repeat runs with Study.seeds)",
+            )
+        _choice("SearchSpec.scheduler", self.scheduler, SCHEDULERS)
+        _integer("SearchSpec.grace_period", self.grace_period, 1)
+        _integer("SearchSpec.reduction_factor", self.reduction_factor, 2)
+        if not isinstance(self.metric, str) or not self.metric:
+            raise _err("SearchSpec.metric", self.metric, "must be a non-empty metric name")
+        # Selecting on a test metric would leak the test set into the reported numbers.
+        if self.metric.startswith("test"):
+            raise _err("SearchSpec.metric", self.metric, "tune on validation metrics only")
+        _choice("SearchSpec.mode", self.mode, ("max", "min"))
+
+
+@dataclass(frozen=True)
+class Resources:
+    """Resources of one trial.
+
+    Attributes:
+        workers: Ray Train workers per trial (data parallel).
+        cpus_per_worker: CPUs per worker.
+        gpus_per_worker: GPUs per worker (fractions share a GPU).
+        max_concurrent: At most this many trials at once (None = as resources allow).
+    """
+
+    workers: int = 1
+    cpus_per_worker: int = 1
+    gpus_per_worker: float = 0
+    max_concurrent: int | None = None
+
+    def __post_init__(self) -> None:
+        _integer("Resources.workers", self.workers, 1)
+        _integer("Resources.cpus_per_worker", self.cpus_per_worker, 1)
+        gpus = _number("Resources.gpus_per_worker", self.gpus_per_worker)
+        if gpus < 0:
+            raise _err("Resources.gpus_per_worker", gpus, "must be >= 0")
+        _optional_integer("Resources.max_concurrent", self.max_concurrent, 1)
+
+    @property
+    def use_ray_train(self) -> bool:
+        """Whether a trial needs a Ray Train job (else it runs in the Tune trial's process)."""
+        return self.workers > 1 or self.gpus_per_worker > 0
+
+
+# ---------------------------------------------------------------------------------------------
+# The study
+# ---------------------------------------------------------------------------------------------
+
+
+def _fmt(value: Any) -> str:
+    """Short, stable, filesystem-safe number (``1e+06`` -> ``1e06``)."""
+    if isinstance(value, float):
+        return f"{value:.6g}".replace("+", "")
+    return str(value)
+
+
+@dataclass(frozen=True)
+class Study:
+    """One study: every run it consists of, and how to search and resource them.
+
+    Attributes:
+        name: ``[A-Za-z0-9_.-]+``; used in paths and MLflow experiment names.
+        pretext: The pretext stage.
+        finetune: The fine-tune stage and labelled dataset.
+        test: Test protocols and real-occlusion sets.
+        variants: Ablation variants (``none``, ``ss``, ``mask``, ``ss+mask``).
+        seeds: One run per seed.
+        label_fractions: Stratified, seeded subsets of the fine-tune labels, in (0, 1].
+        search_space: Param per name in :data:`PARAMS`; missing names take the paper's values.
+        search: How the search space is explored.
+        resources: Resources of one trial.
+        image_size: Network input side (>= 32).
+        batch_size: Batch size of both stages.
+        stem: ResNet stem (see :data:`occstudy.models.STEMS`).
+        in_chans: 1 (grey) or 3.
+        description: Free text, logged with the study.
+    """
+
+    name: str
+    pretext: PretextSpec = PretextSpec()
+    finetune: FinetuneSpec = FinetuneSpec()
+    test: TestSpec = TestSpec()
+    variants: tuple[str, ...] = VARIANTS
+    seeds: tuple[int, ...] = (0,)
+    label_fractions: tuple[float, ...] = (1.0,)
+    search_space: Mapping[str, Param] = field(default_factory=lambda: dict(DEFAULT_SEARCH_SPACE))
+    search: SearchSpec = SearchSpec()
+    resources: Resources = Resources()
+    image_size: int = 48
+    batch_size: int = 64
+    stem: str = "imagenet"
+    in_chans: int = 1
+    description: str = ""
+
+    def __post_init__(self) -> None:
+        if not isinstance(self.name, str) or not _NAME_RE.fullmatch(self.name):
+            raise _err("Study.name", self.name, "must match [A-Za-z0-9_.-]+")
+        for attr, cls in (
+            ("pretext", PretextSpec),
+            ("finetune", FinetuneSpec),
+            ("test", TestSpec),
+            ("search", SearchSpec),
+            ("resources", Resources),
+        ):
+            if not isinstance(getattr(self, attr), cls):
+                raise _err(f"Study.{attr}", getattr(self, attr), f"must be a {cls.__name__}")
+        self._check_dimensions()
+        self._check_search_space()
+        _integer("Study.image_size", self.image_size, 32)
+        _integer("Study.batch_size", self.batch_size, 2)
+        _choice("Study.stem", self.stem, STEMS)
+        if self.in_chans not in (1, 3):
+            raise _err("Study.in_chans", self.in_chans, "must be 1 or 3")
+        if not isinstance(self.description, str):
+            raise _err("Study.description", self.description, "must be a str")
+        if self.search.scheduler == "asha" and self.search.grace_period > self.finetune.epochs:
+            raise _err(
+                "Study.search.grace_period",
+                self.search.grace_period,
+                f"must be <= finetune.epochs={self.finetune.epochs}",
+            )
+        if (
+            any(v not in NO_PRETEXT_VARIANTS for v in self.variants)
+            and self.pretext.data != SYNTHETIC
+            and not Path(self.pretext.data).is_dir()
+        ):
+            raise _err(
+                "Study.pretext.data",
+                self.pretext.data,
+                "is neither 'synthetic-faces' nor an existing folder (needed by variants "
+                f"{', '.join(v for v in self.variants if v not in NO_PRETEXT_VARIANTS)})",
+            )
+        self._check_method_configs()
+
+    def _check_dimensions(self) -> None:
+        variants = _tuple("Study.variants", self.variants)
+        if not variants:
+            raise StudyError("Study.variants: empty")
+        for i, v in enumerate(variants):
+            _choice(f"Study.variants[{i}]", v, VARIANTS)
+        _unique("Study.variants", variants)
+        seeds = _tuple("Study.seeds", self.seeds)
+        if not seeds:
+            raise StudyError("Study.seeds: empty")
+        for i, s in enumerate(seeds):
+            _integer(f"Study.seeds[{i}]", s, 0)
+        _unique("Study.seeds", seeds)
+        fractions = _tuple("Study.label_fractions", self.label_fractions)
+        if not fractions:
+            raise StudyError("Study.label_fractions: empty")
+        fractions = tuple(
+            _number(f"Study.label_fractions[{i}]", f) for i, f in enumerate(fractions)
+        )
+        for i, f in enumerate(fractions):
+            if not 0 < f <= 1:
+                raise _err(f"Study.label_fractions[{i}]", f, "must be in (0, 1]")
+        _unique("Study.label_fractions", fractions)
+        _set(self, "variants", variants)
+        _set(self, "seeds", seeds)
+        _set(self, "label_fractions", fractions)
+
+    def _check_search_space(self) -> None:
+        if not isinstance(self.search_space, Mapping):
+            raise _err("Study.search_space", self.search_space, "must be a mapping")
+        for key, param in self.search_space.items():
+            path = f"Study.search_space[{key!r}]"
+            if key not in PARAMS:
+                raise StudyError(f"{path}: unknown parameter; valid: {', '.join(PARAMS)}")
+            if type(param) not in _PARAM_KINDS.values():
+                raise _err(path, param, "must be a Fixed, Grid, Uniform or LogUniform")
+            lowest, inclusive = _PARAM_MIN[key]
+            low = param.bounds()[0]
+            if low < lowest or (low == lowest and not inclusive):
+                op = ">=" if inclusive else ">"
+                raise _err(path, param, f"{key} must be {op} {lowest:g}")
+        space = SearchSpace({**DEFAULT_SEARCH_SPACE, **self.search_space})
+        sampled = [k for k, p in space.items() if isinstance(p, Uniform | LogUniform)]
+        if self.search.algorithm == "grid" and sampled:
+            raise _err(
+                "Study.search.algorithm",
+                "grid",
+                f"cannot sample {', '.join(sampled)} (Uniform/LogUniform); use an Optuna "
+                f"algorithm: {', '.join(a for a in ALGORITHMS if a != 'grid')}",
+            )
+        if self.search.algorithm != "grid" and not sampled:
+            raise _err(
+                "Study.search.algorithm",
+                self.search.algorithm,
+                "nothing to sample (no Uniform/LogUniform parameter); use 'grid'",
+            )
+        _set(self, "search_space", space)
+
+    def _check_method_configs(self) -> None:
+        # MethodConfig re-checks its fields and checks that the pretext folder exists; building
+        # one per variant (the rest at their first grid value, sampled params at their lower
+        # bound) makes a bad study fail here rather than inside a Ray worker.
+        first = self.grid_points()[0]
+        for variant in self.variants:
+            point = {**first, "variant": variant}
+            point.update({k: p.low for k, p in self.sampled_params().items()})
+            try:
+                self.method_config(point)
+            except StudyError:
+                raise
+            except ValueError as exc:
+                raise StudyError(f"Study (variant {variant!r}): {exc}") from None
+
+    # -----------------------------------------------------------------------------------------
+    # Trials
+    # -----------------------------------------------------------------------------------------
+
+    @property
+    def folds(self) -> tuple[int, ...] | None:
+        """The ``fold`` grid dimension, or None when the dataset's own split is used."""
+        return None if self.finetune.folds is None else tuple(range(self.finetune.folds))
+
+    def point_keys(self) -> tuple[str, ...]:
+        """Keys of a grid point, in order."""
+        dims = ["variant", "seed", "label_fraction"]
+        if self.folds is not None:
+            dims.append("fold")
+        return (
+            *dims,
+            *(k for k, p in self.search_space.items() if not isinstance(p, Uniform | LogUniform)),
+        )
+
+    def grid_points(self) -> list[dict[str, Any]]:
+        """Every combination of variant x seed x label fraction (x fold) x Grid param value.
+
+        Fixed params appear with their value; Uniform/LogUniform params do not (the search
+        algorithm samples them, see :meth:`sampled_params`). The order is deterministic: the
+        first dimension varies slowest.
+        """
+        dims: list[tuple[str, tuple[Any, ...]]] = [
+            ("variant", self.variants),
+            ("seed", self.seeds),
+            ("label_fraction", self.label_fractions),
+        ]
+        if self.folds is not None:
+            dims.append(("fold", self.folds))
+        for key, param in self.search_space.items():
+            if isinstance(param, Fixed):
+                dims.append((key, (param.value,)))
+            elif isinstance(param, Grid):
+                dims.append((key, param.values))
+        names = [n for n, _ in dims]
+        return [
+            dict(zip(names, combo, strict=True))
+            for combo in itertools.product(*(v for _, v in dims))
+        ]
+
+    def sampled_params(self) -> dict[str, Uniform | LogUniform]:
+        """The params a search algorithm must sample, in :data:`PARAMS` order."""
+        return {k: p for k, p in self.search_space.items() if isinstance(p, Uniform | LogUniform)}
+
+    def _complete(self, point: Mapping[str, Any]) -> dict[str, Any]:
+        """``point`` with Fixed params filled in; checks that every key is known and present."""
+        valid = set(self.point_keys()) | set(PARAMS)
+        unknown = sorted(set(point) - valid)
+        if unknown:
+            raise StudyError(
+                f"point[{unknown[0]!r}]: unknown key; valid: {', '.join(sorted(valid))}"
+            )
+        full = {k: p.value for k, p in self.search_space.items() if isinstance(p, Fixed)}
+        full.update(point)
+        required = (*self.point_keys(), *PARAMS)
+        missing = [k for k in required if k not in full]
+        if missing:
+            raise StudyError(f"point: missing {', '.join(missing)}")
+        return full
+
+    def method_config(self, point: Mapping[str, Any]) -> MethodConfig:
+        """The single-process configuration of one trial.
+
+        Args:
+            point: A grid point plus a value for every sampled param (Fixed params may be
+                left out).
+
+        Raises:
+            StudyError: for a missing or unknown key, or a value MethodConfig rejects.
+        """
+        p = self._complete(point)
+        try:
+            return MethodConfig(
+                data=self.finetune.data_ref(p.get("fold")),
+                variant=p["variant"],
+                pretext_data=self.pretext.data,
+                real_occlusion=tuple(DataRef.parse(r) for r in self.test.real),
+                image_size=self.image_size,
+                in_chans=self.in_chans,
+                stem=self.stem,
+                pretext_epochs=self.pretext.epochs,
+                epochs=self.finetune.epochs,
+                batch_size=self.batch_size,
+                lr=float(p["lr"]),
+                pretext_lr=float(p["pretext_lr"]),
+                tau=float(p["tau"]),
+                lam=float(p["lam"]),
+                pretext_policy=self.pretext.policy,
+                finetune_policy=self.finetune.policy,
+                occlusion_prob=self.finetune.occlusion_prob,
+                protocols=self.test.protocols,
+                balanced=self.finetune.balanced,
+                label_fraction=float(p["label_fraction"]),
+                pretext_limit=self.pretext.limit,
+                train_limit=self.finetune.train_limit,
+                synthetic_size=self.finetune.synthetic_size,
+                seed=int(p["seed"]),
+            )
+        except StudyError:
+            raise
+        except ValueError as exc:
+            raise StudyError(f"point={dict(point)!r}: {exc}") from None
+
+    def trial_name(self, point: Mapping[str, Any]) -> str:
+        """Deterministic, filesystem-safe name of one trial, unique within the study.
+
+        E.g. ``ss-mask_s0_f1_lam0.2_tau2_lr0.0001_plr0.0001`` (``k3`` after ``f`` for fold 3).
+        Numbers keep 6 significant digits, so sampled values that agree to 6 digits collide.
+        """
+        p = self._complete(point)
+        parts = [str(p["variant"]).replace("+", "-"), f"s{p['seed']}"]
+        parts.append(f"f{_fmt(float(p['label_fraction']))}")
+        if "fold" in p:
+            parts.append(f"k{p['fold']}")
+        short = {"lam": "lam", "tau": "tau", "lr": "lr", "pretext_lr": "plr"}
+        parts += [f"{short[k]}{_fmt(float(p[k]))}" for k in PARAMS]
+        return re.sub(r"[^A-Za-z0-9_.-]", "-", "_".join(parts))
+
+    def smoke(self) -> Study:
+        """A shrunk copy for ``--smoke``: same data, one epoch per stage, few images, one
+        seed, the last label fraction, at most 2 samples per grid point.
+
+        The name gets a ``-smoke`` suffix so smoke runs never mix with the study's results
+        (paths, MLflow experiment, resumable checkpoints).
+        """
+
+        def cap(value: int | None, most: int) -> int:
+            return most if value is None else min(value, most)
+
+        return replace(
+            self,
+            name=f"{self.name}-smoke",
+            pretext=replace(self.pretext, epochs=1, limit=cap(self.pretext.limit, 256)),
+            finetune=replace(
+                self.finetune,
+                epochs=1,
+                train_limit=cap(self.finetune.train_limit, 256),
+                synthetic_size=min(self.finetune.synthetic_size, 300),
+            ),
+            seeds=self.seeds[:1],
+            label_fractions=self.label_fractions[-1:],
+            search=replace(
+                self.search,
+                num_samples=min(self.search.num_samples, 2),
+                grace_period=1,
+            ),
+        )
+
+    # -----------------------------------------------------------------------------------------
+    # Serialisation
+    # -----------------------------------------------------------------------------------------
+
+    def to_dict(self) -> dict[str, Any]:
+        """Every field, JSON-able (tuples as lists, params as ``{'kind': ..., ...}``)."""
+        out: dict[str, Any] = {}
+        for f in fields(self):
+            value = getattr(self, f.name)
+            if f.name == "search_space":
+                out[f.name] = {k: _param_to_dict(p) for k, p in value.items()}
+            elif hasattr(value, "__dataclass_fields__"):
+                out[f.name] = {g.name: _jsonable(getattr(value, g.name)) for g in fields(value)}
+            else:
+                out[f.name] = _jsonable(value)
+        return out
+
+    @staticmethod
+    def from_dict(d: Mapping[str, Any]) -> Study:
+        """Inverse of :meth:`to_dict`; missing keys take their defaults.
+
+        Raises:
+            StudyError: for an unknown key or an invalid value.
+        """
+        if not isinstance(d, Mapping):
+            raise _err("Study.from_dict", d, "expected a mapping")
+        names = {f.name for f in fields(Study)}
+        unknown = sorted(set(d) - names)
+        if unknown:
+            raise StudyError(
+                f"Study.{unknown[0]}: unknown field; valid: {', '.join(sorted(names))}"
+            )
+        nested: dict[str, type[Any]] = {
+            "pretext": PretextSpec,
+            "finetune": FinetuneSpec,
+            "test": TestSpec,
+            "search": SearchSpec,
+            "resources": Resources,
+        }
+        kwargs: dict[str, Any] = {}
+        for key, value in d.items():
+            if key in nested:
+                kwargs[key] = _spec_from_dict(nested[key], f"Study.{key}", value)
+            elif key == "search_space":
+                if not isinstance(value, Mapping):
+                    raise _err("Study.search_space", value, "expected a mapping")
+                kwargs[key] = {
+                    k: _param_from_dict(f"Study.search_space[{k!r}]", v) for k, v in value.items()
+                }
+            else:
+                kwargs[key] = tuple(value) if isinstance(value, list) else value
+        return Study(**kwargs)
+
+
+def _jsonable(value: Any) -> Any:
+    return list(value) if isinstance(value, tuple) else value
+
+
+def _spec_from_dict(cls: type[Any], path: str, d: Any) -> Any:
+    if not isinstance(d, Mapping):
+        raise _err(path, d, "expected a mapping")
+    names = {f.name for f in fields(cls)}
+    unknown = sorted(set(d) - names)
+    if unknown:
+        raise StudyError(f"{path}.{unknown[0]}: unknown field; valid: {', '.join(sorted(names))}")
+    return cls(**{k: tuple(v) if isinstance(v, list) else v for k, v in d.items()})
+
+
+# ---------------------------------------------------------------------------------------------
+# Study files
+# ---------------------------------------------------------------------------------------------
+
+
+def data_root(subdir: str = "") -> str:
+    """Where real data lives, for study files: ``$OCCSTUDY_DATA/subdir``.
+
+    The path is made absolute, because Ray Tune runs each trial in its own working folder.
+
+    Raises:
+        StudyError: when ``OCCSTUDY_DATA`` is unset or empty.
+    """
+    root = os.environ.get(DATA_ENV, "")
+    if not root:
+        raise StudyError(
+            f"data_root({subdir!r}): this study needs real data; set {DATA_ENV} or pass --data-root"
+        )
+    # abspath also folds "..", so names logged to MLflow are canonical.
+    return os.path.abspath(Path(root).expanduser() / subdir)
+
+
+def load_study(path: str | Path) -> Study:
+    """Import a study file and return its ``study`` (or the result of ``make_study()``).
+
+    The file is imported under a name derived from it and removed from ``sys.modules``
+    afterwards, so loading two files with the same name (or one file twice) never mixes them.
+
+    Raises:
+        StudyError: naming the file, when it is missing, fails to import, defines neither
+            ``study`` nor ``make_study`` or defines an invalid study.
+    """
+    file = Path(path)
+    if not file.is_file():
+        raise StudyError(f"{file}: no such study file")
+    module_name = "_occstudy_study_" + re.sub(r"\W", "_", file.stem)
+    spec = importlib.util.spec_from_file_location(module_name, file)
+    if spec is None or spec.loader is None:
+        raise StudyError(f"{file}: cannot be imported as a Python module")
+    module = importlib.util.module_from_spec(spec)
+    # Registered while it runs: dataclasses and pickling inside the file look modules up there.
+    previous = sys.modules.get(module_name)
+    sys.modules[module_name] = module
+    try:
+        spec.loader.exec_module(module)
+        if hasattr(module, "study"):
+            study = module.study
+        elif callable(getattr(module, "make_study", None)):
+            study = module.make_study()
+        else:
+            raise StudyError(f"{file}: defines neither `study` nor `make_study()`")
+    except StudyError as exc:
+        msg = str(exc)
+        raise StudyError(msg if msg.startswith(str(file)) else f"{file}: {msg}") from None
+    except Exception as exc:
+        raise StudyError(f"{file}: {type(exc).__name__}: {exc}") from exc
+    finally:
+        if previous is None:
+            sys.modules.pop(module_name, None)
+        else:
+            sys.modules[module_name] = previous
+    if not isinstance(study, Study):
+        raise StudyError(f"{file}: `study` is a {type(study).__name__}, not a Study")
+    return study

@@ -1,0 +1,71 @@
+"""What a study has run, what failed, what remains (``occstudy status``), read from MLflow."""
+
+from __future__ import annotations
+
+import json
+from dataclasses import dataclass, field
+from pathlib import Path
+
+from occstudy import tracking
+from occstudy.study.runner import resolve_tracking_uri, study_paths
+from occstudy.study.spec import Study
+
+
+@dataclass
+class StudyStatus:
+    """State of a study's last launch."""
+
+    study: str
+    launch: str | None
+    tracking_uri: str
+    expected_trials: int
+    trials: dict[str, str] = field(default_factory=dict)  # trial name -> MLflow status
+    pretext: dict[str, str] = field(default_factory=dict)  # cache key -> MLflow status
+
+    def count(self, status: str) -> int:
+        return sum(1 for s in self.trials.values() if s == status)
+
+    @property
+    def remaining(self) -> int:
+        return max(0, self.expected_trials - self.count("FINISHED"))
+
+
+def study_status(
+    study: Study, *, storage: str | None = None, tracking_uri: str | None = None
+) -> StudyStatus:
+    """Collect the MLflow runs of the study's last launch."""
+    study_dir, _ = study_paths(study, storage)
+    uri = resolve_tracking_uri(study_dir, tracking_uri)
+    launches_file = study_dir / "launches.json"
+    launches = json.loads(launches_file.read_text()) if launches_file.exists() else []
+    launch = launches[-1] if launches else None
+    expected = len(study.grid_points()) * (
+        study.search.num_samples if study.sampled_params() else 1
+    )
+    status = StudyStatus(study.name, launch, uri, expected)
+    if launch is None or (uri.startswith("sqlite:") and not Path(study_dir / "mlflow.db").exists()):
+        return status
+    tracking.check_reachable(uri)
+    for run in tracking.find_runs(uri, study.name, kind="finetune"):
+        key = run.data.tags.get("occstudy.key", "")
+        if key.startswith(f"{launch}/"):
+            status.trials[key.split("/", 1)[1]] = run.info.status
+    for run in tracking.find_runs(uri, study.name, kind="pretext"):
+        status.pretext[run.data.tags.get("occstudy.key", "?")] = run.info.status
+    return status
+
+
+def format_status(s: StudyStatus) -> str:
+    """Human-readable summary."""
+    if s.launch is None:
+        return f"study {s.study}: not run yet ({s.expected_trials} trials planned)"
+    lines = [
+        f"study {s.study}, {s.launch} ({tracking.redact(s.tracking_uri)})",
+        f"fine-tune trials: {s.count('FINISHED')} finished, {s.count('RUNNING')} running, "
+        f"{s.count('FAILED') + s.count('KILLED')} failed, {s.remaining} of {s.expected_trials} remaining",
+        f"pretext jobs: {sum(v == 'FINISHED' for v in s.pretext.values())} finished of {len(s.pretext)}",
+    ]
+    for name, st in sorted(s.trials.items()):
+        if st != "FINISHED":
+            lines.append(f"  {st:<8} {name}")
+    return "\n".join(lines)
