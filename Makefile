@@ -18,10 +18,11 @@ $(VENV)/.installed: pyproject.toml
 install: $(VENV)/.installed
 
 # Main job on the embedded defaults: the whole method (pretext -> fine-tune -> evaluate) on the
-# built-in synthetic faces, in one process, in a few minutes on 2 CPU cores.
+# built-in synthetic faces, in one process, about 5-6 minutes on 2 CPU cores.
 demo: install
 	$(VENV)/bin/occstudy train --data synthetic-faces --pretext-data synthetic-faces \
-		--variant ss+mask --pretext-epochs 2 --epochs 3 --out runs/demo
+		--variant ss+mask --pretext-limit 2000 --train-limit 3000 \
+		--pretext-epochs 1 --epochs 2 --out runs/demo
 
 lint: install
 	$(VENV)/bin/ruff check occstudy tests bench studies

@@ -57,3 +57,30 @@ def test_console_script_entry_point() -> None:
         check=True,
     )
     assert "fer2013" in proc.stdout.split()
+
+
+def test_run_rejects_an_invalid_study_naming_the_field(tmp_path, capsys) -> None:
+    bad = tmp_path / "bad.py"
+    bad.write_text("from occstudy.study import Study\nstudy = Study(name='bad', variants=())\n")
+    assert main(["run", str(bad), "--storage", str(tmp_path)]) == 2
+    err = capsys.readouterr().err
+    assert "variants" in err and "bad.py" in err
+
+
+def test_run_stops_before_training_when_tracking_is_unreachable(tmp_path, capsys) -> None:
+    study = tmp_path / "s.py"
+    study.write_text("from occstudy.study import Study\nstudy = Study(name='s')\n")
+    code = main(
+        ["run", str(study), "--storage", str(tmp_path), "--tracking-uri", "http://127.0.0.1:9"]
+    )
+    assert code == 2
+    assert "not reachable" in capsys.readouterr().err
+    assert not (tmp_path / "s" / "launches.json").exists()  # nothing started
+
+
+def test_status_of_a_study_never_run(tmp_path, capsys) -> None:
+    study = tmp_path / "q.py"
+    study.write_text("from occstudy.study import Study\nstudy = Study(name='q', seeds=(0, 1))\n")
+    assert main(["status", str(study), "--storage", str(tmp_path)]) == 0
+    assert "not run yet (8 trials planned)" in capsys.readouterr().out
+    assert main(["status", "nosuchstudy", "--storage", str(tmp_path)]) == 2
