@@ -245,6 +245,18 @@ def _result(
     )
 
 
+def summarize(results: Mapping[str, ProtocolResult]) -> dict[str, float]:
+    """Flat metrics ``test.<protocol>.acc`` / ``.macro_f1`` / ``.mask_iou`` (the names used in
+    MLflow and Tune)."""
+    out: dict[str, float] = {}
+    for name, r in results.items():
+        out[f"test.{name}.acc"] = r.acc
+        out[f"test.{name}.macro_f1"] = r.macro_f1
+        if r.mask_iou is not None:
+            out[f"test.{name}.mask_iou"] = r.mask_iou
+    return out
+
+
 def format_table(results: Mapping[str, ProtocolResult]) -> str:
     """A plain-text table of the results, one row per protocol."""
     header = f"{'protocol':<20} {'dataset':<28} {'labels':<10} {'n':>6} {'acc':>7} {'macroF1':>8} {'maskIoU':>8}"

@@ -19,7 +19,7 @@ from typing import Any
 import torch
 
 from occstudy import data as D
-from occstudy.evaluate import SYNTHETIC_PROTOCOLS, ProtocolResult, evaluate
+from occstudy.evaluate import SYNTHETIC_PROTOCOLS, ProtocolResult, evaluate, summarize
 from occstudy.losses import VARIANTS
 from occstudy.models import STEMS, OccNet, PretextNet, heads_for_pretext
 from occstudy.occlusion import make_policy
@@ -611,13 +611,7 @@ class MethodResult:
 
     def summary(self) -> dict[str, float]:
         """Flat metrics, ``test.<protocol>.acc`` / ``.macro_f1`` / ``.mask_iou``."""
-        out: dict[str, float] = {}
-        for name, r in self.results.items():
-            out[f"test.{name}.acc"] = r.acc
-            out[f"test.{name}.macro_f1"] = r.macro_f1
-            if r.mask_iou is not None:
-                out[f"test.{name}.mask_iou"] = r.mask_iou
-        return out
+        return summarize(self.results)
 
 
 def run_method(

@@ -18,7 +18,7 @@ import torch
 
 from occstudy import tracking
 from occstudy.data import FaceSet, normalize, to_float
-from occstudy.evaluate import evaluate
+from occstudy.evaluate import evaluate, summarize
 from occstudy.models import OccNet
 from occstudy.occlusion import apply_protocol
 from occstudy.pipeline import (
@@ -146,12 +146,7 @@ def finetune_worker(
         protocols=config.protocols,
         real=data.real,
     )
-    summary: dict[str, Any] = {}
-    for name, r in results.items():
-        summary[f"test.{name}.acc"] = r.acc
-        summary[f"test.{name}.macro_f1"] = r.macro_f1
-        if r.mask_iou is not None:
-            summary[f"test.{name}.mask_iou"] = r.mask_iou
+    summary: dict[str, Any] = dict(summarize(results))
     summary["best_val_acc"] = max((h["val_acc"] for h in history), default=float("nan"))
     summary["trial_seconds"] = time.perf_counter() - start
     if runtime.is_main and task.run is not None:
