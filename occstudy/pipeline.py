@@ -588,6 +588,22 @@ def run_finetune(
     return net, history
 
 
+def evaluate_on_protocols(
+    config: MethodConfig, model: OccNet, data: MethodData, runtime: Runtime
+) -> dict[str, ProtocolResult]:
+    """Test a fine-tuned model on the run's protocols and real-occlusion sets (fixed seed 0,
+    so every model of every study sees the same occluded pixels)."""
+    return evaluate(
+        model,
+        data.test,
+        image_size=config.image_size,
+        runtime=runtime,
+        protocols=config.protocols,
+        real=data.real,
+        seed=0,
+    )
+
+
 @dataclass
 class MethodResult:
     """What one run of the method produced."""
@@ -664,15 +680,7 @@ def run_method(
     )
     seconds["finetune"] = time.perf_counter() - t0
     t0 = time.perf_counter()
-    results = evaluate(
-        model,
-        data.test,
-        image_size=config.image_size,
-        runtime=runtime,
-        protocols=config.protocols,
-        real=data.real,
-        seed=0,
-    )
+    results = evaluate_on_protocols(config, model, data, runtime)
     seconds["evaluate"] = time.perf_counter() - t0
     fingerprints = {"train": data.train.fingerprint(), "test": data.test.fingerprint()}
     if data.pretext is not None:

@@ -18,13 +18,14 @@ import torch
 
 from occstudy import tracking
 from occstudy.data import FaceSet, normalize, to_float
-from occstudy.evaluate import evaluate, summarize
+from occstudy.evaluate import summarize
 from occstudy.models import OccNet
 from occstudy.occlusion import apply_protocol
 from occstudy.pipeline import (
     Hooks,
     MethodConfig,
     build_finetune_model,
+    evaluate_on_protocols,
     load_method_data,
     load_pretext_data,
     run_finetune,
@@ -138,14 +139,7 @@ def finetune_worker(
     model, history = run_finetune(
         config, model, data.train, data.val, runtime=runtime, checkpoint_dir=trial_dir, hooks=hooks
     )
-    results = evaluate(
-        model,
-        data.test,
-        image_size=config.image_size,
-        runtime=runtime,
-        protocols=config.protocols,
-        real=data.real,
-    )
+    results = evaluate_on_protocols(config, model, data, runtime)
     summary: dict[str, Any] = dict(summarize(results))
     summary["best_val_acc"] = max((h["val_acc"] for h in history), default=float("nan"))
     summary["trial_seconds"] = time.perf_counter() - start
