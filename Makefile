@@ -17,12 +17,11 @@ $(VENV)/.installed: pyproject.toml
 
 install: $(VENV)/.installed
 
-# Main job on the embedded defaults: the whole method (pretext -> fine-tune -> evaluate) on the
-# built-in synthetic faces, in one process, about 5-6 minutes on 2 CPU cores.
+# Main job on the embedded defaults: the quick-start study (4 variants on the built-in synthetic
+# faces) through a local Ray (127.0.0.1) and Tune, tracked in MLflow (sqlite under
+# ./occstudy-runs/quickstart); prints the ablation table. About 6 minutes on 2 CPU cores.
 demo: install
-	$(VENV)/bin/occstudy train --data synthetic-faces --pretext-data synthetic-faces \
-		--variant ss+mask --pretext-limit 2000 --train-limit 3000 \
-		--pretext-epochs 1 --epochs 2 --out runs/demo
+	$(VENV)/bin/occstudy run studies/quickstart.py
 
 lint: install
 	$(VENV)/bin/ruff check occstudy tests bench studies
@@ -34,9 +33,11 @@ test: lint
 
 smoke: install
 	$(VENV)/bin/occstudy train --smoke
+	$(VENV)/bin/occstudy run studies/quickstart.py --smoke
 
 bench: install
 	$(PY) bench/bench_steps.py
+	$(PY) bench/bench_study.py
 
 clean:
 	rm -rf runs occstudy-runs .pytest_cache .mypy_cache .ruff_cache

@@ -33,6 +33,7 @@ DATA_SUBFOLDERS = ("lfw", "fer2013", "ferplus", "ckplus", "vggface2")
 GRID_SIZES = {
     "quickstart": 4,
     "paper_ablation": 4 * 3,
+    "paper_ablation_cpu": 4 * 3,
     "lambda_sensitivity": 4 * 3,
     "hpo": 1,
     "ckplus_10fold": 4 * 10,
@@ -58,6 +59,7 @@ def test_defaults_are_valid_and_the_papers_settings() -> None:
     assert study.sampled_params() == {}
     assert not study.resources.use_ray_train
     assert Resources(workers=2).use_ray_train and Resources(gpus_per_worker=0.5).use_ray_train
+    assert Resources(ray_train=True).use_ray_train and not Resources().use_ray_train
     hash(study)  # frozen all the way down
     assert pickle.loads(pickle.dumps(study)) == study  # shipped to Ray workers
 
@@ -134,6 +136,7 @@ def test_partial_search_space_takes_defaults_and_is_immutable() -> None:
         (lambda: Resources(cpus_per_worker=0), "Resources.cpus_per_worker"),
         (lambda: Resources(gpus_per_worker=-1), "Resources.gpus_per_worker"),
         (lambda: Resources(max_concurrent=0), "Resources.max_concurrent"),
+        (lambda: Resources(ray_train="yes"), "Resources.ray_train"),
         (lambda: Grid(()), "Grid.values: empty"),
         (lambda: Grid((1, 1)), "Grid.values"),
         (lambda: Uniform(2, 1), "Uniform.high"),
@@ -221,6 +224,18 @@ def test_trial_names_unique_stable_and_safe() -> None:
         assert "+" not in name and " " not in name and "/" not in name
     point = {"variant": "ss+mask", "seed": 0, "label_fraction": 1.0, "lam": 0.2, "tau": 2.0}
     assert study.trial_name(point) == "ss-mask_s0_f1_lam0.2_tau2_lr0.0001_plr0.0001"
+
+
+def test_grid_label_names_the_point_without_sampled_params() -> None:
+    study = Study(
+        "g",
+        search=SearchSpec(algorithm="tpe", num_samples=4),
+        search_space={"lam": Grid((0.2, 2.0)), "lr": LogUniform(1e-5, 1e-2)},
+    )
+    labels = [study.grid_label(p) for p in study.grid_points()]
+    assert len(set(labels)) == len(labels) == 4 * 2
+    assert labels[1] == "none_s0_f1_lam2_tau2_plr0.0001"
+    assert all("_lr" not in label for label in labels)
 
 
 def test_method_config_maps_fields() -> None:

@@ -4,18 +4,14 @@ from __future__ import annotations
 
 import logging
 import math
-import os
-import socket
-import subprocess
-import sys
 import time
-import urllib.request
 from pathlib import Path
 from urllib.parse import urlparse
 from urllib.request import url2pathname
 
 import pytest
 import torch
+from mlflow_server import free_port, mlflow_server
 
 from occstudy.evaluate import ProtocolResult
 from occstudy.tracking import (
@@ -221,14 +217,8 @@ def test_results_masks_checkpoint(
     assert '"/a"' in (art / "extra" / "x.json").read_text()
 
 
-def _free_port() -> int:
-    with socket.socket() as s:
-        s.bind(("127.0.0.1", 0))
-        return int(s.getsockname()[1])
-
-
 def test_check_reachable(tmp_path: Path) -> None:
-    port = _free_port()  # closed: nothing listens on it once the socket is gone
+    port = free_port()  # closed: nothing listens on it once the socket is gone
     t0 = time.monotonic()
     with pytest.raises(TrackingError) as e:
         check_reachable(f"http://bob:hunter2@127.0.0.1:{port}", timeout_s=2.0)
@@ -242,28 +232,7 @@ def test_check_reachable(tmp_path: Path) -> None:
 
 @pytest.mark.slow
 def test_real_server(tmp_path: Path) -> None:
-    port = _free_port()
-    uri = f"http://127.0.0.1:{port}"
-    env = {**os.environ, "MLFLOW_DISABLE_TELEMETRY": "true", "DO_NOT_TRACK": "true"}
-    mlflow_bin = Path(sys.executable).with_name("mlflow")
-    cmd = [str(mlflow_bin), "server", "--host", "127.0.0.1", "--port", str(port)]
-    cmd += ["--workers", "1", "--backend-store-uri", f"sqlite:///{tmp_path / 'server.db'}"]
-    cmd += ["--artifacts-destination", str(tmp_path / "served")]
-    log_file = (tmp_path / "server.log").open("wb")
-    proc = subprocess.Popen(cmd, stdout=log_file, stderr=subprocess.STDOUT, env=env)
-    try:
-        t0 = time.monotonic()
-        while True:
-            try:
-                with urllib.request.urlopen(f"{uri}/health", timeout=1) as r:
-                    if r.status == 200:
-                        break
-            except OSError:
-                pass
-            assert proc.poll() is None, (tmp_path / "server.log").read_text()[-3000:]
-            assert time.monotonic() - t0 < 180, "mlflow server did not start in 180 s"
-            time.sleep(0.5)
-        print(f"mlflow server answered after {time.monotonic() - t0:.1f} s")
+    with mlflow_server(tmp_path) as uri:
         check_reachable(uri)
         t1 = time.monotonic()
 
@@ -292,11 +261,3 @@ def test_real_server(tmp_path: Path) -> None:
         # The server stored it under --artifacts-destination.
         assert list((tmp_path / "served").rglob("clean.png"))
         print(f"logged and read back through the server in {time.monotonic() - t1:.1f} s")
-    finally:
-        proc.terminate()
-        try:
-            proc.wait(timeout=20)
-        except subprocess.TimeoutExpired:
-            proc.kill()
-            proc.wait()
-        log_file.close()

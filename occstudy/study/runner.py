@@ -28,7 +28,7 @@ from pathlib import Path
 from typing import Any
 
 from occstudy import tracking
-from occstudy.pipeline import MethodConfig, load_pretext_data
+from occstudy.pipeline import SYNTHETIC, MethodConfig, load_pretext_data
 from occstudy.study.cache import PretextCache, pretext_cache_key
 from occstudy.study.spec import Grid, LogUniform, Study
 from occstudy.study.worker import (
@@ -62,24 +62,38 @@ def configure_environment(local: bool) -> None:
 
 
 @contextlib.contextmanager
-def ray_session(address: str | None, num_cpus: int | None = None) -> Iterator[None]:
-    """Connect to (``address``) or start (None) Ray; shut down only what was started here."""
+def ray_session(
+    address: str | None, num_cpus: int | None = None, *, needs_dashboard: bool = False
+) -> Iterator[None]:
+    """Connect to (``address``) or start (None) Ray; shut down only what was started here.
+
+    Args:
+        address: Ray cluster address; None starts Ray locally on 127.0.0.1.
+        num_cpus: CPUs of a locally started Ray.
+        needs_dashboard: Fail fast when the cluster runs no dashboard. Train V2 frees a
+            finished ``TorchTrainer``'s placement group through the state API the dashboard
+            serves; without it the next ``TorchTrainer`` waits forever for the CPUs.
+    """
     import ray
 
     if ray.is_initialized():
         yield
         return
     if address is None:
-        ray.init(
+        context = ray.init(
             num_cpus=num_cpus,
-            # The dashboard (on 127.0.0.1) must run: Train V2 frees a stopped trial's placement
-            # group through the state API it serves; without it the next trial waits forever.
             _node_ip_address="127.0.0.1",
             logging_level=logging.WARNING,
         )
     else:
-        ray.init(address=address, logging_level=logging.WARNING)
+        context = ray.init(address=address, logging_level=logging.WARNING)
     try:
+        if needs_dashboard and not context.dashboard_url:
+            raise RuntimeError(
+                f"The Ray cluster at {address or 'localhost'} runs no dashboard, which Ray Train "
+                "needs to release each trial's workers (install ray[default]; start the head "
+                "without --include-dashboard=false)."
+            )
         yield
     finally:
         ray.shutdown()
@@ -102,6 +116,9 @@ class StudyContext:
         parent: The launch's parent MLflow run.
         launch: Launch name (``launch-N``): part of trial folders and MLflow run keys.
         device: Device for in-process trials.
+        fingerprints: Unlabelled-data fingerprints the driver computed while planning stage 1
+            (by :func:`pretext_data_id`), so trials need not load the data only to name a
+            cache entry.
     """
 
     study: Study
@@ -111,9 +128,34 @@ class StudyContext:
     parent: tracking.RunRef
     launch: str
     device: str = "auto"
+    fingerprints: Mapping[str, str] = field(default_factory=dict)
 
     def tracker(self) -> tracking.StudyTracker:
         return tracking.StudyTracker(self.tracking_uri, self.study.name, _artifact_root(self))
+
+    def pretext_key(self, config: MethodConfig) -> str | None:
+        """Cache key of ``config``'s pretext stage (None for ``none``)."""
+        if config.variant == "none" or config.pretext_epochs == 0:
+            return None
+        fp = self.fingerprints.get(pretext_data_id(config))
+        if fp is not None:
+            return pretext_cache_key(config, fp)
+        return pretext_key_for(config)[0]
+
+
+def pretext_data_id(config: MethodConfig) -> str:
+    """The settings that decide which unlabelled faces a pretext stage sees (not the variant
+    or the loss settings): equal ids, equal data fingerprints."""
+    return json.dumps(
+        [
+            config.pretext_data,
+            config.image_size,
+            config.in_chans,
+            config.pretext_limit,
+            config.synthetic_size if config.pretext_data == SYNTHETIC else None,
+            config.seed if config.pretext_data == SYNTHETIC else None,
+        ]
+    )
 
 
 def _artifact_root(ctx: StudyContext) -> str | None:
@@ -122,9 +164,17 @@ def _artifact_root(ctx: StudyContext) -> str | None:
     return None
 
 
+def _fold(config: MethodConfig) -> int | None:
+    fold = dict(config.data.options).get("fold")
+    return None if fold is None else int(fold)
+
+
 def method_params(config: MethodConfig) -> dict[str, Any]:
-    """MLflow params of a run: the same names in every run of every study."""
+    """MLflow params of a run: the same names in every run of every study (``fold`` only in
+    k-fold studies)."""
+    fold = _fold(config)
     return {
+        **({"fold": fold} if fold is not None else {}),
         "variant": config.variant,
         "seed": config.seed,
         "lambda": config.lam,
@@ -146,7 +196,9 @@ def method_params(config: MethodConfig) -> dict[str, Any]:
 
 
 def _tags(config: MethodConfig, trial: str) -> dict[str, str]:
+    fold = _fold(config)
     return {
+        **({"fold": str(fold)} if fold is not None else {}),
         "dataset": config.data.name,
         "variant": config.variant,
         "seed": str(config.seed),
@@ -176,17 +228,38 @@ def _worker_runtime() -> Runtime:
     )
 
 
+def _tag_placement(run: tracking.RunRef | None, runtime: Runtime) -> None:
+    """Tag the run with how many workers and Ray nodes trained it (``ray_workers``,
+    ``ray_nodes``), so a user can see in MLflow that a job really ran data-parallel."""
+    import ray
+    import torch.distributed as dist
+
+    node = ray.get_runtime_context().get_node_id()
+    nodes: list[Any] = [node]
+    if runtime.world_size > 1 and dist.is_initialized():
+        nodes = [None] * runtime.world_size
+        dist.all_gather_object(nodes, node)
+    if runtime.is_main and run is not None:
+        tracking.set_tags(
+            run, {"ray_workers": str(runtime.world_size), "ray_nodes": str(len(set(nodes)))}
+        )
+
+
 def _train_pretext_loop(cfg: dict[str, Any]) -> None:
     import ray.train
 
     task: PretextTask = cfg["task"]
-    pretext_worker(task, _worker_runtime(), lambda m, e: ray.train.report(dict(m)))
+    runtime = _worker_runtime()
+    _tag_placement(task.run, runtime)
+    pretext_worker(task, runtime, lambda m, e: ray.train.report(dict(m)))
 
 
 def _train_finetune_loop(cfg: dict[str, Any]) -> None:
     import ray.train
 
     task: FinetuneTask = cfg["task"]
+    runtime = _worker_runtime()
+    _tag_placement(task.run, runtime)
     last_epoch = task.config.epochs - 1
     pending: dict[str, float] = {}
 
@@ -197,7 +270,7 @@ def _train_finetune_loop(cfg: dict[str, Any]) -> None:
         else:
             pending.update(metrics, epoch=epoch)
 
-    summary = finetune_worker(task, _worker_runtime(), report)
+    summary = finetune_worker(task, runtime, report)
     ray.train.report({**pending, **summary})
 
 
@@ -319,11 +392,9 @@ def finetune_trainable(config: dict[str, Any], ctx: StudyContext) -> None:
     point = _flat_point(config, study)
     mc = replace(study.method_config(point), device=ctx.device)
     name = study.trial_name(point)
-    key = None
-    if mc.variant != "none":
-        key, _ = pretext_key_for(mc)
-        if key is not None:
-            ensure_pretext(PretextTask(mc, key, ctx.cache_root), ctx)
+    key = ctx.pretext_key(mc)
+    if key is not None:
+        ensure_pretext(PretextTask(mc, key, ctx.cache_root), ctx)
     tracker = ctx.tracker()
     run = tracker.child_run(
         ctx.parent,
@@ -459,11 +530,20 @@ def _launch_name(study_dir: Path, resume: bool) -> str:
     return name
 
 
-def plan_pretext(study: Study, cache_root: Path) -> dict[str, PretextTask]:
-    """The distinct pretext jobs the grid needs (sampled λ/τ are computed inside trials)."""
+def plan_pretext(
+    study: Study, cache_root: Path, fingerprints: dict[str, str] | None = None
+) -> dict[str, PretextTask]:
+    """The distinct pretext jobs the grid needs (sampled λ/τ are computed inside trials).
+
+    Args:
+        study: The study.
+        cache_root: The pretext cache folder.
+        fingerprints: Filled with the unlabelled-data fingerprints it computes, by
+            :func:`pretext_data_id` (also for points whose pretext a trial computes).
+    """
     tasks: dict[str, PretextTask] = {}
     sampled = study.sampled_params()
-    fingerprints: dict[tuple[Any, ...], str | None] = {}
+    fingerprints = {} if fingerprints is None else fingerprints
     for point in study.grid_points():
         if point["variant"] == "none":
             continue
@@ -471,24 +551,17 @@ def plan_pretext(study: Study, cache_root: Path) -> dict[str, PretextTask]:
         for name, dist in sampled.items():
             filled[name] = dist.bounds()[0]
         mc = study.method_config(filled)
-        if any(p in sampled for p in _pretext_params(mc.variant)):
+        if mc.pretext_epochs == 0:
             continue
         # The data fingerprint depends on the data settings only: load each set once.
-        data_id = (
-            mc.pretext_data,
-            mc.image_size,
-            mc.in_chans,
-            mc.pretext_limit,
-            mc.synthetic_size,
-            mc.seed if mc.pretext_data == "synthetic-faces" else None,
-        )
+        data_id = pretext_data_id(mc)
         if data_id not in fingerprints:
             data = load_pretext_data(mc)
-            fingerprints[data_id] = data.fingerprint() if data is not None else None
-        fp = fingerprints[data_id]
-        if fp is None:
+            assert data is not None  # a pretext variant with epochs > 0 has data
+            fingerprints[data_id] = data.fingerprint()
+        if any(p in sampled for p in _pretext_params(mc.variant)):
             continue
-        key = pretext_cache_key(mc, fp)
+        key = pretext_cache_key(mc, fingerprints[data_id])
         tasks.setdefault(key, PretextTask(mc, key, str(cache_root)))
     return tasks
 
@@ -604,11 +677,17 @@ def _fit(
     return tuner.fit()
 
 
+#: Logical memory a Tune trial that only drives a TorchTrainer reserves (bytes).
+DRIVER_MEMORY = 512 * 2**20
+
+
 def _trial_resources(study: Study) -> dict[str, float]:
     res = study.resources
     if res.use_ray_train:
-        # The trial only coordinates; the TorchTrainer's workers hold the CPUs/GPUs.
-        return {"CPU": 0}
+        # The trial only coordinates; the TorchTrainer's workers hold the CPUs/GPUs. Tune
+        # rejects an all-zero request, so the trial reserves the memory its process uses
+        # (Ray's logical "memory" resource) and no CPU, which a worker may need on its node.
+        return {"CPU": 0, "memory": DRIVER_MEMORY}
     out = {"CPU": float(res.cpus_per_worker)}
     if res.gpus_per_worker:
         out["GPU"] = float(res.gpus_per_worker)
@@ -635,12 +714,18 @@ def run_study(study: Study, options: RunOptions | None = None) -> StudyOutcome:
     )
     tracker = tracking.StudyTracker(uri, study.name, artifact_root)
     parent = tracker.parent_run(launch, study.to_dict(), resume=options.resume)
-    ctx = StudyContext(study, str(study_dir), str(cache_root), uri, parent, launch, options.device)
+    fingerprints: dict[str, str] = {}
+    tasks = plan_pretext(study, cache_root, fingerprints)
+    ctx = StudyContext(
+        study, str(study_dir), str(cache_root), uri, parent, launch, options.device, fingerprints
+    )
     outcome = StudyOutcome(study, study_dir, uri, parent.run_id, parent.experiment_id)
     start = time.perf_counter()
     try:
-        with ray_session(options.address, options.num_cpus):
-            _stage1(ctx, options, outcome, cache_root)
+        with ray_session(
+            options.address, options.num_cpus, needs_dashboard=study.resources.use_ray_train
+        ):
+            _stage1(ctx, options, outcome, tasks)
             _stage2(ctx, options, outcome)
     except KeyboardInterrupt:
         tracker.finish(parent, "KILLED")
@@ -664,13 +749,12 @@ def run_study(study: Study, options: RunOptions | None = None) -> StudyOutcome:
 
 
 def _stage1(
-    ctx: StudyContext, options: RunOptions, outcome: StudyOutcome, cache_root: Path
+    ctx: StudyContext, options: RunOptions, outcome: StudyOutcome, tasks: Mapping[str, PretextTask]
 ) -> None:
     from ray import tune
 
     study = ctx.study
-    tasks = plan_pretext(study, cache_root)
-    cache = PretextCache(cache_root)
+    cache = PretextCache(ctx.cache_root)
     if options.no_cache and not options.resume:
         for key in tasks:
             cache.invalidate(key)
@@ -748,7 +832,7 @@ def _stage2(ctx: StudyContext, options: RunOptions, outcome: StudyOutcome) -> No
                 )
             runs.append(
                 (
-                    f"{ctx.launch}-search-{_grid_label(point, study)}",
+                    f"{ctx.launch}-search-{study.grid_label(point)}",
                     space,
                     _searcher(study),
                     search.num_samples,
@@ -846,12 +930,6 @@ def _flat_point(config: Mapping[str, Any], study: Study) -> dict[str, Any]:
     if "point" in config and isinstance(config["point"], Mapping):
         return dict(config["point"])
     return _point_of(config, study)
-
-
-def _grid_label(point: Mapping[str, Any], study: Study) -> str:
-    return study.trial_name(
-        {**point, **{n: d.bounds()[0] for n, d in study.sampled_params().items()}}
-    ).split("_lam")[0]
 
 
 def _searcher(study: Study) -> Any:

@@ -10,7 +10,7 @@ from __future__ import annotations
 
 import time
 from collections.abc import Callable, Mapping
-from dataclasses import dataclass
+from dataclasses import dataclass, replace
 from pathlib import Path
 from typing import Any
 
@@ -139,11 +139,18 @@ def finetune_worker(
     model, history = run_finetune(
         config, model, data.train, data.val, runtime=runtime, checkpoint_dir=trial_dir, hooks=hooks
     )
-    results = evaluate_on_protocols(config, model, data, runtime)
-    summary: dict[str, Any] = dict(summarize(results))
-    summary["best_val_acc"] = max((h["val_acc"] for h in history), default=float("nan"))
+    summary: dict[str, Any] = {
+        "best_val_acc": max((h["val_acc"] for h in history), default=float("nan"))
+    }
+    if not runtime.is_main:
+        # Testing is forward-only and logged by rank 0: the other DDP ranks would only repeat
+        # it (the full test sets under every protocol) and discard the result.
+        summary["trial_seconds"] = time.perf_counter() - start
+        return summary
+    results = evaluate_on_protocols(config, model, data, replace(runtime, rank=0, world_size=1))
+    summary.update(summarize(results))
     summary["trial_seconds"] = time.perf_counter() - start
-    if runtime.is_main and task.run is not None:
+    if task.run is not None:
         tracking.log_results(task.run, {k: v.to_dict() for k, v in results.items()})
         tracking.log_metrics(task.run, {"best_val_acc": summary["best_val_acc"]})
         if model.mask_head is not None:

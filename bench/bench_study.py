@@ -1,0 +1,142 @@
+"""What running the method as a study on Ray costs, and what the pretext cache saves.
+
+Two measurements, in one process, on the built-in synthetic faces:
+
+1. **Overhead per trial.** The same fine-tune trials (variant ``none``, one per seed) run
+   (a) as a plain loop in this process (``run_method``, one after the other),
+   (b) as a study: Ray Tune trials that run the loop in the trial process, one at a time, and
+   (c) as a study whose trials each launch a one-worker Ray Train ``TorchTrainer``.
+   All use one torch thread (a one-CPU Ray trial gets ``OMP_NUM_THREADS=1``), so the
+   difference per trial is what Ray, Tune, Train and MLflow add.
+2. **Pretext cache.** A 4-variant x 2-seed study launched with ``--no-cache`` (every pretext
+   stage computed), then launched again with the cache (none computed): wall-time ratio.
+
+Prints the machine, the figures and the command to repeat them.
+
+Run:  .venv/bin/python bench/bench_study.py [--trials 3] [--images 512] [--out runs/bench-study]
+"""
+
+from __future__ import annotations
+
+import argparse
+import os
+import platform
+import shutil
+import sys
+import time
+from dataclasses import replace
+from pathlib import Path
+
+import torch
+
+from occstudy.pipeline import run_method
+from occstudy.study import (
+    FinetuneSpec,
+    PretextSpec,
+    Resources,
+    RunOptions,
+    Study,
+    TestSpec,
+    run_study,
+)
+
+
+def _study(name: str, images: int, variants: tuple[str, ...], seeds: tuple[int, ...]) -> Study:
+    return Study(
+        name=name,
+        variants=variants,
+        seeds=seeds,
+        pretext=PretextSpec(epochs=1, limit=images),
+        finetune=FinetuneSpec(epochs=1, train_limit=images, synthetic_size=images),
+        test=TestSpec(protocols=("clean", "r16")),
+        resources=Resources(max_concurrent=1),
+    )
+
+
+def _timed_study(study: Study, storage: Path, **options: object) -> tuple[float, int, int]:
+    start = time.perf_counter()
+    out = run_study(study, RunOptions(storage=str(storage), progress=False, **options))  # type: ignore[arg-type]
+    seconds = time.perf_counter() - start
+    if out.failed:
+        raise SystemExit(f"{study.name}: {len(out.failed)} trial(s) failed: {out.failed[0].error}")
+    return seconds, out.pretext_computed, len(out.rows)
+
+
+def overhead(trials: int, images: int, storage: Path) -> dict[str, float]:
+    """Seconds per trial: plain loop, in-process Tune trial, Ray Train trial."""
+    seeds = tuple(range(trials))
+    study = _study("bench-overhead", images, ("none",), seeds)
+    torch.set_num_threads(1)
+    start = time.perf_counter()
+    for seed in seeds:
+        config = replace(
+            study.method_config({**study.grid_points()[0], "seed": seed}), device="cpu"
+        )
+        run_method(config)
+    plain = (time.perf_counter() - start) / trials
+    tune_s, _, n = _timed_study(study, storage / "in-process", num_cpus=2)
+    assert n == trials
+    train_study = replace(
+        study, name="bench-overhead-train", resources=Resources(max_concurrent=1, ray_train=True)
+    )
+    train_s, _, n = _timed_study(train_study, storage / "ray-train", num_cpus=2)
+    assert n == trials
+    return {"plain": plain, "tune": tune_s / trials, "train": train_s / trials}
+
+
+def cache(images: int, storage: Path) -> dict[str, float]:
+    """Wall time of a 4-variant x 2-seed study without and with the pretext cache."""
+    study = _study("bench-cache", images, ("none", "ss", "mask", "ss+mask"), (0, 1))
+    no_cache, computed, n = _timed_study(study, storage, no_cache=True)
+    cached, computed_again, n2 = _timed_study(study, storage)
+    assert n == n2 == 8 and computed_again == 0, (n, n2, computed_again)
+    return {
+        "no_cache": no_cache,
+        "cached": cached,
+        "pretext_computed": computed,
+        "pretext_computed_cached": computed_again,
+    }
+
+
+def main(argv: list[str] | None = None) -> int:
+    parser = argparse.ArgumentParser(description=__doc__.splitlines()[0])
+    parser.add_argument("--trials", type=int, default=3, help="trials of the overhead part")
+    parser.add_argument("--images", type=int, default=512, help="images per stage and trial")
+    parser.add_argument("--out", default="runs/bench-study", help="scratch storage (wiped)")
+    parser.add_argument("--skip-overhead", action="store_true")
+    parser.add_argument("--skip-cache", action="store_true")
+    args = parser.parse_args(argv)
+    os.environ.setdefault("RAY_ENABLE_WINDOWS_OR_OSX_CLUSTER", "0")
+    storage = Path(args.out).resolve()
+    shutil.rmtree(storage, ignore_errors=True)
+    print(
+        f"machine: {platform.machine()}, {os.cpu_count()} CPUs, {platform.platform()}, "
+        f"torch {torch.__version__}, python {platform.python_version()}",
+        flush=True,
+    )
+    if not args.skip_overhead:
+        o = overhead(args.trials, args.images, storage / "overhead")
+        print(
+            f"overhead per trial ({args.trials} fine-tune trials, {args.images} images, 1 epoch):\n"
+            f"  plain loop        {o['plain']:6.1f} s/trial\n"
+            f"  Tune, in-process  {o['tune']:6.1f} s/trial  (+{o['tune'] - o['plain']:.1f} s, "
+            f"ratio {o['tune'] / o['plain']:.2f})\n"
+            f"  Tune + Ray Train  {o['train']:6.1f} s/trial  (+{o['train'] - o['plain']:.1f} s, "
+            f"ratio {o['train'] / o['plain']:.2f})",
+            flush=True,
+        )
+    if not args.skip_cache:
+        c = cache(args.images, storage / "cache")
+        print(
+            f"4 variants x 2 seeds ({args.images} images per stage):\n"
+            f"  --no-cache  {c['no_cache']:6.1f} s ({c['pretext_computed']:.0f} pretext jobs)\n"
+            f"  cached      {c['cached']:6.1f} s ({c['pretext_computed_cached']:.0f} pretext jobs)\n"
+            f"  ratio cached / no-cache = {c['cached'] / c['no_cache']:.2f}",
+            flush=True,
+        )
+    print("repeat: .venv/bin/python " + " ".join([sys.argv[0], *(argv or sys.argv[1:])]))
+    return 0
+
+
+if __name__ == "__main__":
+    raise SystemExit(main())

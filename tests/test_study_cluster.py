@@ -1,0 +1,116 @@
+"""A study on a two-node Ray cluster, logging to a real MLflow server; and the in-process and
+Ray Train paths of a one-worker trial giving the same results."""
+
+from __future__ import annotations
+
+import math
+
+import pytest
+from mlflow_server import free_port, mlflow_server
+
+from occstudy import tracking
+from occstudy.study import (
+    FinetuneSpec,
+    PretextSpec,
+    Resources,
+    RunOptions,
+    Study,
+    TestSpec,
+    run_study,
+)
+
+TINY = Study(
+    name="tiny-ddp",
+    image_size=32,
+    batch_size=16,
+    variants=("ss+mask",),
+    pretext=PretextSpec(epochs=1, limit=64),
+    finetune=FinetuneSpec(epochs=1, train_limit=64, synthetic_size=96),
+    test=TestSpec(protocols=("clean", "r16")),
+)
+
+
+@pytest.fixture(autouse=True)
+def _loopback_only(monkeypatch):
+    # Set before any Ray process starts, so every node listens on 127.0.0.1 only.
+    monkeypatch.setenv("RAY_ENABLE_WINDOWS_OR_OSX_CLUSTER", "0")
+    monkeypatch.setenv("RAY_AUTH_MODE", "disabled")
+    monkeypatch.delenv("MLFLOW_TRACKING_URI", raising=False)
+
+
+def test_two_node_cluster_ddp_both_stages_into_mlflow_server(tmp_path) -> None:
+    import ray
+    from ray.cluster_utils import Cluster
+
+    study = Study(**{**TINY.__dict__, "resources": Resources(workers=2, cpus_per_worker=1)})
+    with mlflow_server(tmp_path) as uri:
+        cluster = Cluster(
+            initialize_head=True,
+            # The dashboard serves the state API through which Train V2 frees a finished
+            # TorchTrainer's placement group (``ray start --head`` runs it by default).
+            head_node_args={
+                "num_cpus": 1,
+                "node_ip_address": "127.0.0.1",
+                "include_dashboard": True,
+                "dashboard_host": "127.0.0.1",
+                "dashboard_port": free_port(),
+            },
+        )
+        try:
+            cluster.add_node(num_cpus=1, node_ip_address="127.0.0.1")
+            cluster.wait_for_nodes()
+            outcome = run_study(
+                study,
+                RunOptions(
+                    storage=str(tmp_path / "shared"),
+                    address=cluster.address,
+                    tracking_uri=uri,
+                    progress=False,
+                ),
+            )
+        finally:
+            ray.shutdown()
+            cluster.shutdown()
+        assert not outcome.failed, [r.error for r in outcome.failed]
+        assert outcome.pretext_computed == 1
+
+        # Everything is in the server, not in a local store.
+        assert not (tmp_path / "shared" / "tiny-ddp" / "mlflow.db").exists()
+        parents = tracking.find_runs(uri, "tiny-ddp", kind="study")
+        (pretext,) = tracking.find_runs(uri, "tiny-ddp", kind="pretext")
+        (trial,) = tracking.find_runs(uri, "tiny-ddp", kind="finetune")
+        assert len(parents) == 1 and parents[0].info.status == "FINISHED"
+        for run in (pretext, trial):
+            assert run.info.status == "FINISHED"
+            assert run.data.tags["mlflow.parentRunId"] == parents[0].info.run_id
+            # Two DDP workers, one on each node.
+            assert run.data.tags["ray_workers"] == "2"
+            assert run.data.tags["ray_nodes"] == "2"
+        assert "pretext.loss" in pretext.data.metrics
+        for key in ("test.clean.acc", "test.r16.acc", "test.r16.mask_iou", "val_acc"):
+            assert math.isfinite(trial.data.metrics[key]), key
+        client = tracking._client(uri)
+        names = {f.path for f in client.list_artifacts(trial.info.run_id, "confusion")}
+        assert "confusion/clean.json" in names
+        assert trial.info.artifact_uri.startswith("mlflow-artifacts:")
+        assert list((tmp_path / "served").rglob("best.pt"))
+
+
+def test_in_process_and_ray_train_paths_agree(tmp_path) -> None:
+    """One worker, same seed: the trial-process loop and a one-worker TorchTrainer give the
+    same test results (the Ray Train path only adds start-up time)."""
+    in_process = run_study(TINY, RunOptions(storage=str(tmp_path / "a"), progress=False))
+    ray_train = run_study(
+        Study(**{**TINY.__dict__, "resources": Resources(ray_train=True)}),
+        RunOptions(storage=str(tmp_path / "b"), progress=False),
+    )
+    assert not in_process.failed and not ray_train.failed
+    assert in_process.pretext_computed == ray_train.pretext_computed == 1
+    (a,) = in_process.rows
+    (b,) = ray_train.rows
+    tests = sorted(k for k in a.metrics if k.startswith("test."))
+    assert tests and tests == sorted(k for k in b.metrics if k.startswith("test."))
+    for key in [*tests, "best_val_acc", "val_acc"]:
+        assert a.metrics[key] == pytest.approx(b.metrics[key], abs=1e-6), key
+    run = tracking.find_runs(ray_train.tracking_uri, "tiny-ddp", kind="finetune")[0]
+    assert run.data.tags["ray_workers"] == "1"
