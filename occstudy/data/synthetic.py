@@ -232,9 +232,7 @@ def region_boxes(ident: dict[str, torch.Tensor], image_size: int) -> dict[str, t
     eyes_top = geo["eye_y"] - (_BROW_GAP + _BROW_RAISE * hi[1] + _BROW_TILT * hi[2] + _BROW_TH) * sc
     eyes_bottom = geo["eye_y"] + _EYE_H * sc * hi[0]
     mouth_x = _MOUTH_W * sc * hi[5]
-    reach = (
-        _MOUTH_CURVE * hi[3] * 0.5 + _MOUTH_ASYM * hi[6] + _LIP + _MOUTH_OPEN * hi[4]
-    ) * sc
+    reach = (_MOUTH_CURVE * hi[3] * 0.5 + _MOUTH_ASYM * hi[6] + _LIP + _MOUTH_OPEN * hi[4]) * sc
     mouth_top = geo["mouth_y"] - reach
     mouth_bottom = geo["mouth_y"] + reach
 
