@@ -12,7 +12,16 @@ from pathlib import Path
 import pytest
 
 from occstudy import tracking
-from occstudy.study import FinetuneSpec, PretextSpec, RunOptions, Study, TestSpec, run_study
+from occstudy.study import (
+    FinetuneSpec,
+    LogUniform,
+    PretextSpec,
+    RunOptions,
+    SearchSpec,
+    Study,
+    TestSpec,
+    run_study,
+)
 from occstudy.study.runner import ablation_table
 
 TINY = Study(
@@ -144,3 +153,29 @@ def test_killed_driver_resumes_without_rerunning_or_duplicating(tmp_path) -> Non
         # Not rerun: its per-epoch history was logged once.
         history = tracking._client(uri).get_metric_history(run_id, "val_acc")
         assert len(history) == 3
+
+
+def test_optuna_search_with_asha_logs_sampled_params(tmp_path) -> None:
+    study = Study(
+        name="tiny-hpo",
+        image_size=32,
+        batch_size=16,
+        variants=("none",),
+        finetune=FinetuneSpec(epochs=2, train_limit=48, synthetic_size=96),
+        test=TestSpec(protocols=("clean",)),
+        search_space={"lr": LogUniform(1e-5, 1e-2)},
+        search=SearchSpec(algorithm="tpe", num_samples=3, scheduler="asha", grace_period=1),
+    )
+    out = run_study(study, RunOptions(storage=str(tmp_path), num_cpus=2, progress=False))
+    assert not out.failed, [r.error for r in out.failed]
+    assert len(out.rows) == 3
+    lrs = {r.point["lr"] for r in out.rows}
+    assert len(lrs) == 3 and all(1e-5 <= lr <= 1e-2 for lr in lrs)
+    runs = tracking.find_runs(out.tracking_uri, "tiny-hpo", kind="finetune")
+    assert sorted(float(r.data.params["lr"]) for r in runs) == pytest.approx(sorted(lrs))
+    # A trial ASHA stopped early is closed too (no run left RUNNING).
+    assert {r.info.status for r in runs} <= {"FINISHED", "KILLED"}
+    # One Optuna search per grid point, its state saved for a restore.
+    (search_dir,) = (tmp_path / "tiny-hpo" / "tune").glob("launch-1-search-*")
+    assert search_dir.name == "launch-1-search-none_s0_f1_lam0.2_tau2_plr0.0001"
+    assert list(search_dir.glob("searcher-state-*.pkl"))

@@ -317,6 +317,13 @@ def _fit_torch_trainer(
 # ---------------------------------------------------------------------------------------------
 
 
+def _end_status(exc: BaseException) -> str:
+    """MLflow status of a run its trial left by ``exc``: Tune stops a trial (an ASHA stop, a
+    driver shutting down) with ``SystemExit`` inside ``tune.report``, Ctrl-C is a
+    ``KeyboardInterrupt``: both ``KILLED``; anything else ``FAILED``."""
+    return "KILLED" if isinstance(exc, SystemExit | KeyboardInterrupt) else "FAILED"
+
+
 def ensure_pretext(
     task: PretextTask,
     ctx: StudyContext,
@@ -353,8 +360,8 @@ def ensure_pretext(
                 history: list[dict[str, float]] = []
             else:
                 history = pretext_worker(task, Runtime.auto(ctx.device), report)
-        except BaseException:
-            tracker.finish(run, "FAILED")
+        except BaseException as exc:
+            tracker.finish(run, _end_status(exc))
             raise
         meta = {
             "key": task.key,
@@ -415,8 +422,8 @@ def finetune_trainable(config: dict[str, Any], ctx: StudyContext) -> None:
     if study.resources.use_ray_train:
         try:
             _fit_torch_trainer(_train_finetune_loop, task, ctx, f"{ctx.launch}-{name}", True)
-        except BaseException:
-            tracker.finish(run, "FAILED")
+        except BaseException as exc:
+            tracker.finish(run, _end_status(exc))
             raise
         tracker.finish(run)
         return
@@ -433,8 +440,8 @@ def finetune_trainable(config: dict[str, Any], ctx: StudyContext) -> None:
 
     try:
         summary = finetune_worker(task, Runtime.auto(ctx.device), report)
-    except BaseException:
-        tracker.finish(run, "FAILED")
+    except BaseException as exc:
+        tracker.finish(run, _end_status(exc))
         raise
     tracker.finish(run)
     tune.report({**pending, **summary})
@@ -654,6 +661,14 @@ class _Progress:
         return Impl(*args, **kwargs)
 
 
+def _result_loggers() -> list[Any]:
+    """Tune's JSON and CSV result files (``result.json``, ``progress.csv`` per trial), which
+    Tune's result analysis and a restore read; the automatic set would also add TensorBoard."""
+    from ray.tune.logger import CSVLoggerCallback, JsonLoggerCallback
+
+    return [JsonLoggerCallback(), CSVLoggerCallback()]
+
+
 def _fit(
     make_tuner: Callable[[], Any],
     trainable: Any,
@@ -791,7 +806,10 @@ def _stage1(
                 name=path.name,
                 storage_path=str(path.parent),
                 failure_config=tune.FailureConfig(max_failures=2),
-                callbacks=[_Progress("pretext", len(keys), None, "max", options.progress)],
+                callbacks=[
+                    _Progress("pretext", len(keys), None, "max", options.progress),
+                    *_result_loggers(),
+                ],
                 verbose=0,
             ),
         )
@@ -890,13 +908,14 @@ def _stage2(ctx: StudyContext, options: RunOptions, outcome: StudyOutcome) -> No
                     failure_config=tune.FailureConfig(max_failures=2),
                     checkpoint_config=tune.CheckpointConfig(num_to_keep=1),
                     callbacks=[
+                        *_result_loggers(),
                         _Progress(
                             "finetune",
                             _count(param_space, num_samples),
                             search.metric,
                             search.mode,
                             options.progress,
-                        )
+                        ),
                     ],
                     verbose=0,
                 ),
