@@ -175,9 +175,11 @@ class OccNet(nn.Module):
             raise ValueError(f"OccNet: unknown heads {sorted(unknown)}; valid: {HEADS}")
         self.extractor = ResNetExtractor(in_chans=in_chans, stem=stem)
         d = ResNetExtractor.num_features
+        # C is built right after F, before the optional heads: under one seed every variant of
+        # the ablation then starts fine-tuning from the same C, whether or not U_o is carried.
+        self.classifier = Classifier(d, num_classes) if "classifier" in heads else None
         self.projector = ProjectionHead(d, d, proj_dim) if "projector" in heads else None
         self.mask_head = MaskHead(ResNetExtractor.conv1_channels) if "mask" in heads else None
-        self.classifier = Classifier(d, num_classes) if "classifier" in heads else None
 
     def forward_features(self, x: Tensor) -> Tensor:
         """h = F(x), shape (B, 512)."""

@@ -75,3 +75,12 @@ def test_bad_arguments() -> None:
         OccNet(heads=("decoder",))
     with pytest.raises(RuntimeError, match="classifier"):
         OccNet(heads=("mask",))(torch.randn(1, 1, 48, 48))
+
+
+def test_classifier_init_does_not_depend_on_the_other_heads() -> None:
+    torch.manual_seed(3)
+    plain = OccNet(heads=("classifier",))
+    torch.manual_seed(3)
+    with_mask = OccNet(heads=("classifier", "mask"))
+    for a, b in zip(plain.classifier.parameters(), with_mask.classifier.parameters(), strict=True):
+        assert torch.equal(a, b)

@@ -139,9 +139,16 @@ def finetune_worker(
     model, history = run_finetune(
         config, model, data.train, data.val, runtime=runtime, checkpoint_dir=trial_dir, hooks=hooks
     )
+    # The last epoch's metrics ride along with the summary: a trial resumed after its last
+    # epoch runs no epoch, yet its final report must carry the search metric (val_acc).
     summary: dict[str, Any] = {
-        "best_val_acc": max((h["val_acc"] for h in history), default=float("nan"))
+        k: float(v)
+        for k, v in (history[-1] if history else {}).items()
+        if k not in ("images", "steps")
     }
+    if history:
+        summary["epoch"] = len(history) - 1
+    summary["best_val_acc"] = max((h["val_acc"] for h in history), default=float("nan"))
     if not runtime.is_main:
         # Testing is forward-only and logged by rank 0: the other DDP ranks would only repeat
         # it (the full test sets under every protocol) and discard the result.
