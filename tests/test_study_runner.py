@@ -179,3 +179,16 @@ def test_optuna_search_with_asha_logs_sampled_params(tmp_path) -> None:
     (search_dir,) = (tmp_path / "tiny-hpo" / "tune").glob("launch-1-search-*")
     assert search_dir.name == "launch-1-search-none_s0_f1_lam0.2_tau2_plr0.0001"
     assert list(search_dir.glob("searcher-state-*.pkl"))
+
+
+def test_an_interrupted_tune_run_is_not_reported_done() -> None:
+    from occstudy.study.runner import _raise_if_interrupted
+
+    class Grid(list):  # the two counts a Tune ResultGrid has
+        def __init__(self, n: int, terminated: int, errors: int) -> None:
+            super().__init__(range(n))
+            self.num_terminated, self.num_errors = terminated, errors
+
+    _raise_if_interrupted(Grid(3, 2, 1), "fine-tune")
+    with pytest.raises(KeyboardInterrupt, match="2 fine-tune trial"):
+        _raise_if_interrupted(Grid(3, 1, 0), "fine-tune")

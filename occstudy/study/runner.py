@@ -661,6 +661,28 @@ class _Progress:
         return Impl(*args, **kwargs)
 
 
+def _raise_if_interrupted(results: Any, stage: str) -> None:
+    """Tune ends ``fit()`` quietly on Ctrl-C (SIGINT), leaving trials unfinished: turn that
+    into a ``KeyboardInterrupt`` so the launch is marked KILLED instead of reported done."""
+    unfinished = len(results) - results.num_terminated - results.num_errors
+    if unfinished > 0:
+        raise KeyboardInterrupt(f"{unfinished} {stage} trial(s) left unfinished")
+
+
+def _close_running_runs(ctx: StudyContext) -> None:
+    """Mark this launch's child runs that are still RUNNING as KILLED (their trials were
+    stopped with the driver); ``--resume`` sets them RUNNING again."""
+    for kind in ("pretext", "finetune"):
+        for run in tracking.find_runs(
+            ctx.tracking_uri, ctx.study.name, kind=kind, status="RUNNING"
+        ):
+            key = run.data.tags.get(tracking.TAG_KEY, "")
+            if kind == "pretext" or key.startswith(f"{ctx.launch}/"):
+                tracking.finish_by_key(
+                    ctx.tracking_uri, ctx.study.name, kind=kind, key=key, status="KILLED"
+                )
+
+
 def _result_loggers() -> list[Any]:
     """Tune's JSON and CSV result files (``result.json``, ``progress.csv`` per trial), which
     Tune's result analysis and a restore read; the automatic set would also add TensorBoard."""
@@ -743,7 +765,15 @@ def run_study(study: Study, options: RunOptions | None = None) -> StudyOutcome:
             _stage1(ctx, options, outcome, tasks)
             _stage2(ctx, options, outcome)
     except KeyboardInterrupt:
+        _close_running_runs(ctx)
         tracker.finish(parent, "KILLED")
+        if options.progress:
+            print(
+                f"study {study.name}: interrupted; finish it with --resume (finished trials "
+                "and pretext jobs are kept)",
+                file=sys.stderr,
+                flush=True,
+            )
         raise
     except BaseException:
         tracker.finish(parent, "FAILED")
@@ -815,6 +845,7 @@ def _stage1(
         )
 
     results = _fit(make, trainable, path, options.resume, param_space)
+    _raise_if_interrupted(results, "pretext")
     if results.errors:
         raise RuntimeError(
             f"{len(results.errors)} pretext job(s) failed; first error: {results.errors[0]}"
@@ -922,6 +953,7 @@ def _stage2(ctx: StudyContext, options: RunOptions, outcome: StudyOutcome) -> No
             )
 
         results = _fit(make, trainable, path, options.resume, param_space)
+        _raise_if_interrupted(results, "fine-tune")
         for r in results:
             point = _flat_point(r.config or {}, study)
             outcome.rows.append(
