@@ -129,6 +129,27 @@ def _add_study(sub: argparse._SubParsersAction) -> None:  # type: ignore[type-ar
     u.add_argument("--port", type=int, default=5000)
     u.add_argument("--data-root", default=None)
 
+    rp = sub.add_parser(
+        "report",
+        help="tables, tests, figures and an HTML page of a study, read from MLflow",
+        description=(
+            "Build a study's report from its MLflow runs (finished or partly finished): "
+            "ablation table with 95 %% intervals and paired tests, λ and label-efficiency "
+            "curves, search plots, robustness curve, confusion matrices and mask pictures, as "
+            "a self-contained HTML page, Markdown, CSV and JSON."
+        ),
+    )
+    rp.add_argument("study", help="study file or study name")
+    _add_storage_args(rp)
+    rp.add_argument(
+        "--launch", default=None, help="launch to report (default: the last one; 'all': every one)"
+    )
+    rp.add_argument("--out", default=None, help="output folder (default <study dir>/report)")
+    rp.add_argument(
+        "--no-log", action="store_true", help="do not log the report to the study's parent run"
+    )
+    rp.add_argument("--data-root", default=None)
+
     pr = sub.add_parser("predict", help="expression probabilities and occlusion mask per image")
     pr.add_argument("images", nargs="+")
     pr.add_argument("--checkpoint", required=True, help="a fine-tune checkpoint (best.pt)")
@@ -224,13 +245,46 @@ def cmd_status(args: argparse.Namespace) -> int:
     from occstudy.tracking import TrackingError
 
     try:
-        study = _load_study(args.study, args.data_root)
+        study = _load_study(args.study, args.data_root, args.storage)
         print(
             format_status(study_status(study, storage=args.storage, tracking_uri=args.tracking_uri))
         )
     except (StudyError, TrackingError, FileNotFoundError) as exc:
         print(f"occstudy status: {exc}", file=sys.stderr)
         return 2
+    return 0
+
+
+def cmd_report(args: argparse.Namespace) -> int:
+    from occstudy.report import ReportError, build_report
+    from occstudy.study import StudyError
+    from occstudy.tracking import TrackingError
+
+    try:
+        study = _load_study(args.study, args.data_root, args.storage)
+        result = build_report(
+            study,
+            storage=args.storage,
+            tracking_uri=args.tracking_uri,
+            launch=args.launch,
+            out=args.out,
+            log=not args.no_log,
+        )
+    except (StudyError, TrackingError, ReportError, FileNotFoundError) as exc:
+        print(f"occstudy report: {exc}", file=sys.stderr)
+        return 2
+    c = result.report.counts
+    print(
+        f"study {study.name} ({', '.join(result.report.launches)}): {c.complete} of "
+        f"{c.expected} trials finished with test results, {c.failed} failed, "
+        f"{c.stopped} stopped before testing, {c.running} running"
+    )
+    print(f"HTML:     {result.files['html']}")
+    print(f"Markdown: {result.files['markdown']}")
+    print(f"numbers:  {result.out_dir} (trials.csv, cells.csv, comparisons.csv, report.json)")
+    if result.logged_to:
+        print(f"logged to MLflow run {result.logged_to} under report/")
+    print(f"report built in {result.seconds:.1f} s")
     return 0
 
 
@@ -438,6 +492,7 @@ def main(argv: Sequence[str] | None = None) -> int:
         "run": cmd_run,
         "status": cmd_status,
         "ui": cmd_ui,
+        "report": cmd_report,
         "predict": cmd_predict,
         "train": cmd_train,
         "data": cmd_data,

@@ -8,7 +8,7 @@ At this budget a variant can also stay near chance by the luck of its initialisa
 seed says nothing about the method.
 """
 
-from occstudy.study import Fixed, FinetuneSpec, PretextSpec, Study, TestSpec
+from occstudy.study import FinetuneSpec, Fixed, PretextSpec, Study, TestSpec
 
 study = Study(
     name="quickstart",
