@@ -19,7 +19,7 @@ install: $(VENV)/.installed
 
 # Main job on the embedded defaults: the quick-start study (4 variants on the built-in synthetic
 # faces) through a local Ray (127.0.0.1) and Tune, tracked in MLflow (sqlite under
-# ./occstudy-runs/quickstart); prints the ablation table. About 6 minutes on 2 CPU cores.
+# ./occstudy-runs/quickstart); prints the ablation table. Minutes on 2 CPU cores (see README).
 demo: install
 	$(VENV)/bin/occstudy run studies/quickstart.py
 
