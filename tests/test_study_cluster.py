@@ -30,12 +30,7 @@ TINY = Study(
 )
 
 
-@pytest.fixture(autouse=True)
-def _loopback_only(monkeypatch):
-    # Set before any Ray process starts, so every node listens on 127.0.0.1 only.
-    monkeypatch.setenv("RAY_ENABLE_WINDOWS_OR_OSX_CLUSTER", "0")
-    monkeypatch.setenv("RAY_AUTH_MODE", "disabled")
-    monkeypatch.delenv("MLFLOW_TRACKING_URI", raising=False)
+pytestmark = pytest.mark.usefixtures("ray_loopback")
 
 
 def test_two_node_cluster_ddp_both_stages_into_mlflow_server(tmp_path) -> None:

@@ -35,11 +35,7 @@ TINY = Study(
 )
 
 
-@pytest.fixture(autouse=True)
-def _loopback_only(monkeypatch):
-    monkeypatch.setenv("RAY_ENABLE_WINDOWS_OR_OSX_CLUSTER", "0")
-    monkeypatch.setenv("RAY_AUTH_MODE", "disabled")
-    monkeypatch.delenv("MLFLOW_TRACKING_URI", raising=False)
+pytestmark = pytest.mark.usefixtures("ray_loopback")
 
 
 def test_tiny_study_through_ray_and_mlflow_then_cache_reuse(tmp_path) -> None:

@@ -31,6 +31,7 @@ from occstudy.report.tables import (
     Column,
     Comparison,
     Counts,
+    Curve,
     Excluded,
     LabelEfficiency,
     LambdaSensitivity,
@@ -913,6 +914,22 @@ _CELL_HEADER = [
 ]
 
 
+def _curves_json(curves: Sequence[Curve]) -> list[dict[str, Any]]:
+    """Curves (label efficiency, λ sensitivity) as plain data: one point per x."""
+    return [
+        {
+            "variant": c.variant,
+            "dataset": c.column.dataset,
+            "protocol": c.column.protocol,
+            "x": list(c.x),
+            "mean": [s.mean for s in c.summaries],
+            "ci_half_width": [s.half_width for s in c.summaries],
+            "n": [s.n for s in c.summaries],
+        }
+        for c in curves
+    ]
+
+
 def _cell_rows(report: Report) -> list[dict[str, Any]]:
     rows = []
     for table in report.tables:
@@ -1036,35 +1053,13 @@ def report_json(report: Report) -> dict[str, Any]:
         if le is None
         else {
             "fractions": list(le.fractions),
-            "curves": [
-                {
-                    "variant": c.variant,
-                    "dataset": c.column.dataset,
-                    "protocol": c.column.protocol,
-                    "x": list(c.x),
-                    "mean": [s.mean for s in c.summaries],
-                    "ci_half_width": [s.half_width for s in c.summaries],
-                    "n": [s.n for s in c.summaries],
-                }
-                for c in le.curves
-            ],
+            "curves": _curves_json(le.curves),
             "significant_fractions": {k: list(v) for k, v in le.significant.items()},
         },
         "lambda": {
             "mode": report.lam.mode,
             "values": list(report.lam.values),
-            "curves": [
-                {
-                    "variant": c.variant,
-                    "dataset": c.column.dataset,
-                    "protocol": c.column.protocol,
-                    "x": list(c.x),
-                    "mean": [s.mean for s in c.summaries],
-                    "ci_half_width": [s.half_width for s in c.summaries],
-                    "n": [s.n for s in c.summaries],
-                }
-                for c in report.lam.curves
-            ],
+            "curves": _curves_json(report.lam.curves),
             "points": [list(p) for p in report.lam.points],
         },
         "search_best": [
