@@ -1,5 +1,7 @@
 """Fixtures shared by the test modules."""
 
+import logging
+
 import pytest
 
 
@@ -10,3 +12,24 @@ def ray_loopback(monkeypatch):
     monkeypatch.setenv("RAY_ENABLE_WINDOWS_OR_OSX_CLUSTER", "0")
     monkeypatch.setenv("RAY_AUTH_MODE", "disabled")
     monkeypatch.delenv("MLFLOW_TRACKING_URI", raising=False)
+
+
+@pytest.fixture(scope="module")
+def local_ray():
+    """One local Ray (127.0.0.1, 2 CPUs, with the dashboard Train V2 needs) for a module's
+    studies: ``run_study`` joins a running Ray instead of starting its own, as it does for a
+    user's notebook, which saves a Ray start and shutdown per study."""
+    import ray
+
+    from occstudy.study.runner import configure_environment
+
+    with pytest.MonkeyPatch.context() as mp:
+        mp.setenv("RAY_ENABLE_WINDOWS_OR_OSX_CLUSTER", "0")
+        mp.setenv("RAY_AUTH_MODE", "disabled")
+        mp.delenv("MLFLOW_TRACKING_URI", raising=False)
+        configure_environment(local=True)
+        ray.init(num_cpus=2, _node_ip_address="127.0.0.1", logging_level=logging.WARNING)
+        try:
+            yield
+        finally:
+            ray.shutdown()

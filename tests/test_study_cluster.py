@@ -1,5 +1,6 @@
-"""A study on a two-node Ray cluster, logging to a real MLflow server; and the in-process and
-Ray Train paths of a one-worker trial giving the same results."""
+"""A study on a two-node Ray cluster, logging to a real MLflow server (slow: about 3 minutes,
+two 2-worker TorchTrainers; ``pytest -m slow``). The one-worker Ray Train path, and its
+agreement with the in-process path, are tested in the default run (test_study_runner.py)."""
 
 from __future__ import annotations
 
@@ -30,9 +31,8 @@ TINY = Study(
 )
 
 
-pytestmark = pytest.mark.usefixtures("ray_loopback")
-
-
+@pytest.mark.slow
+@pytest.mark.usefixtures("ray_loopback")
 def test_two_node_cluster_ddp_both_stages_into_mlflow_server(tmp_path) -> None:
     import ray
     from ray.cluster_utils import Cluster
@@ -89,23 +89,3 @@ def test_two_node_cluster_ddp_both_stages_into_mlflow_server(tmp_path) -> None:
         assert "confusion/clean.json" in names
         assert trial.info.artifact_uri.startswith("mlflow-artifacts:")
         assert list((tmp_path / "served").rglob("best.pt"))
-
-
-def test_in_process_and_ray_train_paths_agree(tmp_path) -> None:
-    """One worker, same seed: the trial-process loop and a one-worker TorchTrainer give the
-    same test results (the Ray Train path only adds start-up time)."""
-    in_process = run_study(TINY, RunOptions(storage=str(tmp_path / "a"), progress=False))
-    ray_train = run_study(
-        Study(**{**TINY.__dict__, "resources": Resources(ray_train=True)}),
-        RunOptions(storage=str(tmp_path / "b"), progress=False),
-    )
-    assert not in_process.failed and not ray_train.failed
-    assert in_process.pretext_computed == ray_train.pretext_computed == 1
-    (a,) = in_process.rows
-    (b,) = ray_train.rows
-    tests = sorted(k for k in a.metrics if k.startswith("test."))
-    assert tests and tests == sorted(k for k in b.metrics if k.startswith("test."))
-    for key in [*tests, "best_val_acc", "val_acc"]:
-        assert a.metrics[key] == pytest.approx(b.metrics[key], abs=1e-6), key
-    run = tracking.find_runs(ray_train.tracking_uri, "tiny-ddp", kind="finetune")[0]
-    assert run.data.tags["ray_workers"] == "1"

@@ -7,6 +7,7 @@ import subprocess
 import sys
 import tempfile
 import time
+from dataclasses import replace
 from pathlib import Path
 
 import pytest
@@ -16,6 +17,7 @@ from occstudy.study import (
     FinetuneSpec,
     LogUniform,
     PretextSpec,
+    Resources,
     RunOptions,
     SearchSpec,
     Study,
@@ -35,11 +37,11 @@ TINY = Study(
 )
 
 
-pytestmark = pytest.mark.usefixtures("ray_loopback")
-
-
-def test_tiny_study_through_ray_and_mlflow_then_cache_reuse(tmp_path) -> None:
-    first = run_study(TINY, RunOptions(storage=str(tmp_path), num_cpus=2, progress=False))
+@pytest.mark.usefixtures("local_ray")
+def test_tiny_study_in_process_then_ray_train_then_cache_reuse(tmp_path) -> None:
+    """Launch 1 runs both stages in the trial processes, launch 2 in one-worker TorchTrainers
+    (the two paths agree for the same seed), launch 3 reuses the cached pretext stage."""
+    first = run_study(TINY, RunOptions(storage=str(tmp_path), progress=False))
     assert not first.failed, [r.error for r in first.failed]
     assert (first.pretext_computed, first.pretext_cached) == (1, 0)
     assert sorted(r.point["variant"] for r in first.rows) == ["none", "ss+mask"]
@@ -66,11 +68,33 @@ def test_tiny_study_through_ray_and_mlflow_then_cache_reuse(tmp_path) -> None:
     ).is_file()
     assert json.loads((tmp_path / "tiny" / "study.json").read_text())["name"] == "tiny"
 
-    # A second launch of the same study finds its pretext stage in the cache.
-    second = run_study(TINY, RunOptions(storage=str(tmp_path), num_cpus=2, progress=False))
-    assert (second.pretext_computed, second.pretext_cached) == (0, 1)
-    assert not second.failed
-    assert len(tracking.find_runs(uri, "tiny", kind="pretext")) == 1  # found again, not duplicated
+    # Launch 2: ss+mask (every head) with both stages in one-worker TorchTrainers (Ray Train),
+    # pretext recomputed (--no-cache): same seed, same results as the trial-process loop.
+    ray_train = Study(
+        **{**TINY.__dict__, "variants": ("ss+mask",), "resources": Resources(ray_train=True)}
+    )
+    second = run_study(ray_train, RunOptions(storage=str(tmp_path), no_cache=True, progress=False))
+    assert not second.failed, [r.error for r in second.failed]
+    assert (second.pretext_computed, second.pretext_cached) == (1, 0)
+    by_variant = {r.point["variant"]: r.metrics for r in first.rows}
+    assert [r.point["variant"] for r in second.rows] == ["ss+mask"]
+    for row in second.rows:
+        a, b = by_variant[row.point["variant"]], row.metrics
+        keys = sorted(k for k in a if k.startswith("test."))
+        assert keys and keys == sorted(k for k in b if k.startswith("test."))
+        for key in [*keys, "val_acc", "best_val_acc"]:
+            assert b[key] == pytest.approx(a[key], abs=1e-6), (row.point["variant"], key)
+    (pretext_run,) = tracking.find_runs(uri, "tiny", kind="pretext")  # found again, not new
+    losses = tracking._client(uri).get_metric_history(pretext_run.info.run_id, "pretext.loss")
+    assert len(losses) == 2 and losses[0].value == pytest.approx(losses[1].value, abs=1e-6)
+    trials = tracking.find_runs(uri, "tiny", kind="finetune")
+    assert sorted(r.data.tags.get("ray_workers", "-") for r in trials) == ["-", "-", "1"]
+
+    # Launch 3 finds its pretext stage in the cache, whatever the resources were.
+    third = run_study(TINY, RunOptions(storage=str(tmp_path), progress=False))
+    assert (third.pretext_computed, third.pretext_cached) == (0, 1)
+    assert not third.failed
+    assert len(tracking.find_runs(uri, "tiny", kind="pretext")) == 1
 
 
 def _kill_processes_mentioning(text: str) -> None:
@@ -87,6 +111,7 @@ def _kill_processes_mentioning(text: str) -> None:
 
 
 @pytest.mark.slow
+@pytest.mark.usefixtures("ray_loopback")
 def test_killed_driver_resumes_without_rerunning_or_duplicating(tmp_path) -> None:
     study_file = tmp_path / "tiny_study.py"
     study_file.write_text(
@@ -151,6 +176,7 @@ def test_killed_driver_resumes_without_rerunning_or_duplicating(tmp_path) -> Non
         assert len(history) == 3
 
 
+@pytest.mark.usefixtures("local_ray")
 def test_optuna_search_with_asha_logs_sampled_params(tmp_path) -> None:
     study = Study(
         name="tiny-hpo",
@@ -162,7 +188,7 @@ def test_optuna_search_with_asha_logs_sampled_params(tmp_path) -> None:
         search_space={"lr": LogUniform(1e-5, 1e-2)},
         search=SearchSpec(algorithm="tpe", num_samples=3, scheduler="asha", grace_period=1),
     )
-    out = run_study(study, RunOptions(storage=str(tmp_path), num_cpus=2, progress=False))
+    out = run_study(study, RunOptions(storage=str(tmp_path), progress=False))
     assert not out.failed, [r.error for r in out.failed]
     assert len(out.rows) == 3
     lrs = {r.point["lr"] for r in out.rows}
@@ -188,3 +214,71 @@ def test_an_interrupted_tune_run_is_not_reported_done() -> None:
     _raise_if_interrupted(Grid(3, 2, 1), "fine-tune")
     with pytest.raises(KeyboardInterrupt, match="2 fine-tune trial"):
         _raise_if_interrupted(Grid(3, 1, 0), "fine-tune")
+
+
+def test_progress_of_a_restored_launch_counts_finished_trials_and_restarts_the_clock(
+    capsys,
+) -> None:
+    from types import SimpleNamespace
+
+    from ray import cloudpickle  # how Tune pickles its callbacks with the Tuner
+
+    from occstudy.study.runner import _Progress
+
+    progress = _Progress("finetune", 4, "val_acc", "max", True)
+    progress.start -= 5000  # as if pickled with the Tuner long ago
+    restored = cloudpickle.loads(cloudpickle.dumps(progress))
+    restored.setup()
+    trials = [SimpleNamespace(status=s) for s in ("TERMINATED", "TERMINATED", "ERROR", "PENDING")]
+    restored.on_step_begin(0, trials)
+    restored.on_trial_start(0, trials, "t3")
+    restored.on_step_begin(1, trials)  # counted once, not at every step
+    restored.on_trial_complete(1, trials, "t3")
+    line = capsys.readouterr().err.strip().splitlines()[-1]
+    assert "done 3/4, running 0, failed 0" in line, line
+    assert float(line.split()[1].rstrip("s]")) < 60, line
+
+
+@pytest.mark.slow
+@pytest.mark.usefixtures("local_ray")
+def test_a_trial_whose_worker_dies_is_retried_from_its_last_checkpoint(tmp_path) -> None:
+    """SIGKILL the trial's process after its first epoch's checkpoint: Tune's failure config
+    restarts it, it resumes at epoch 2, and the MLflow run is the same one, finished."""
+    import threading
+
+    from ray.util.state import list_actors
+
+    # Epochs of a few seconds each, so the kill lands inside the trial.
+    study = replace(
+        TINY,
+        name="tiny-fault",
+        variants=("none",),
+        finetune=FinetuneSpec(epochs=3, train_limit=256, synthetic_size=96),
+        test=TestSpec(protocols=("clean",)),
+    )
+    killed: list[int] = []
+
+    def kill_after_first_checkpoint() -> None:
+        deadline = time.time() + 600
+        while time.time() < deadline and not killed:
+            time.sleep(0.05)
+            if not list((tmp_path / "tiny-fault" / "trials").rglob("last.pt")):
+                continue
+            for actor in list_actors(filters=[("state", "=", "ALIVE")]):
+                if actor.class_name == "ImplicitFunc" and actor.pid:
+                    os.kill(actor.pid, signal.SIGKILL)
+                    killed.append(actor.pid)
+
+    killer = threading.Thread(target=kill_after_first_checkpoint, daemon=True)
+    killer.start()
+    out = run_study(study, RunOptions(storage=str(tmp_path), progress=False))
+    killer.join(timeout=5)
+    assert killed, "the trial finished before its process could be killed"
+    assert not out.failed, [r.error for r in out.failed]
+    (row,) = out.rows
+    assert "test.clean.acc" in row.metrics
+    (run,) = tracking.find_runs(out.tracking_uri, "tiny-fault", kind="finetune")
+    assert run.info.status == "FINISHED"
+    history = tracking._client(out.tracking_uri).get_metric_history(run.info.run_id, "val_acc")
+    # Epoch 0 ran once: the retry resumed from last.pt instead of starting over.
+    assert sorted(m.step for m in history) == [0, 1, 2]

@@ -604,6 +604,25 @@ class _Progress:
                 self.best: tuple[float, str] | None = None
                 self.start = time.perf_counter()
 
+            def setup(
+                self,
+                stop: Any = None,
+                num_samples: int | None = None,
+                total_num_samples: int | None = None,
+                **info: Any,
+            ) -> None:
+                # A restored Tuner brings back the callback as pickled when the launch began:
+                # restart the clock, and count the trials that already finished at the first
+                # step (Tune passes the restored trials only there).
+                self.start = time.perf_counter()
+                self.done = self.failed = self.running = 0
+                self._seeded = False
+
+            def on_step_begin(self, iteration: int, trials: list[Any], **info: Any) -> None:
+                if not getattr(self, "_seeded", False):
+                    self._seeded = True
+                    self.done = sum(t.status == "TERMINATED" for t in trials)
+
             def _line(self, what: str) -> None:
                 if not self.enabled:
                     return
