@@ -34,6 +34,7 @@ from occstudy.study.spec import Grid, LogUniform, Study
 from occstudy.study.worker import (
     FinetuneTask,
     PretextTask,
+    Report,
     finetune_worker,
     pretext_key_for,
     pretext_worker,
@@ -254,24 +255,27 @@ def _train_pretext_loop(cfg: dict[str, Any]) -> None:
     pretext_worker(task, runtime, lambda m, e: ray.train.report(dict(m)))
 
 
+def _report_all_but_last_epoch(send: Callable[[dict[str, Any]], Any], epochs: int) -> Report:
+    """A per-epoch hook that sends every epoch's metrics but the last to Tune (``send``:
+    ``tune.report`` or ``ray.train.report``). ASHA stops a trial at its last rung, so the last
+    epoch must go out with the test results: in the trial's final report, the summary of
+    :func:`finetune_worker`, which carries that epoch's metrics."""
+
+    def report(metrics: Mapping[str, float], epoch: int) -> None:
+        if epoch < epochs - 1:
+            send({**metrics, "epoch": epoch})
+
+    return report
+
+
 def _train_finetune_loop(cfg: dict[str, Any]) -> None:
     import ray.train
 
     task: FinetuneTask = cfg["task"]
     runtime = _worker_runtime()
     _tag_placement(task.run, runtime)
-    last_epoch = task.config.epochs - 1
-    pending: dict[str, float] = {}
-
-    def report(metrics: Mapping[str, float], epoch: int) -> None:
-        # The last epoch is reported together with the test results (see finetune_trainable).
-        if epoch < last_epoch:
-            ray.train.report({**metrics, "epoch": epoch})
-        else:
-            pending.update(metrics, epoch=epoch)
-
-    summary = finetune_worker(task, runtime, report)
-    ray.train.report({**pending, **summary})
+    report = _report_all_but_last_epoch(ray.train.report, task.config.epochs)
+    ray.train.report(finetune_worker(task, runtime, report))
 
 
 def _fit_torch_trainer(
@@ -427,24 +431,14 @@ def finetune_trainable(config: dict[str, Any], ctx: StudyContext) -> None:
             raise
         tracker.finish(run)
         return
-    last_epoch = mc.epochs - 1
-    pending: dict[str, float] = {}
-
-    def report(metrics: Mapping[str, float], epoch: int) -> None:
-        # ASHA stops a trial at its last rung, so the last epoch's report must already carry
-        # the test results: hold it back until they exist.
-        if epoch < last_epoch:
-            tune.report({**metrics, "epoch": epoch})
-        else:
-            pending.update(metrics, epoch=epoch)
-
+    report = _report_all_but_last_epoch(tune.report, mc.epochs)
     try:
         summary = finetune_worker(task, Runtime.auto(ctx.device), report)
     except BaseException as exc:
         tracker.finish(run, _end_status(exc))
         raise
     tracker.finish(run)
-    tune.report({**pending, **summary})
+    tune.report(summary)
 
 
 # ---------------------------------------------------------------------------------------------
@@ -603,6 +597,7 @@ class _Progress:
                 self.done = self.failed = self.running = 0
                 self.best: tuple[float, str] | None = None
                 self.start = time.perf_counter()
+                self._seeded = False
 
             def setup(
                 self,
@@ -619,7 +614,7 @@ class _Progress:
                 self._seeded = False
 
             def on_step_begin(self, iteration: int, trials: list[Any], **info: Any) -> None:
-                if not getattr(self, "_seeded", False):
+                if not self._seeded:
                     self._seeded = True
                     self.done = sum(t.status == "TERMINATED" for t in trials)
 
@@ -691,15 +686,15 @@ def _raise_if_interrupted(results: Any, stage: str) -> None:
 def _close_running_runs(ctx: StudyContext) -> None:
     """Mark this launch's child runs that are still RUNNING as KILLED (their trials were
     stopped with the driver); ``--resume`` sets them RUNNING again."""
+    tracker = ctx.tracker()
     for kind in ("pretext", "finetune"):
         for run in tracking.find_runs(
             ctx.tracking_uri, ctx.study.name, kind=kind, status="RUNNING"
         ):
             key = run.data.tags.get(tracking.TAG_KEY, "")
             if kind == "pretext" or key.startswith(f"{ctx.launch}/"):
-                tracking.finish_by_key(
-                    ctx.tracking_uri, ctx.study.name, kind=kind, key=key, status="KILLED"
-                )
+                ref = tracking.RunRef(run.info.run_id, run.info.experiment_id, ctx.tracking_uri)
+                tracker.finish(ref, "KILLED")
 
 
 def _result_loggers() -> list[Any]:

@@ -84,13 +84,17 @@ def pretext_key_for(config: MethodConfig) -> tuple[str | None, FaceSet | None]:
     return pretext_cache_key(config, data.fingerprint()), data
 
 
+def _epoch_metrics(metrics: Mapping[str, float], prefix: str = "") -> dict[str, float]:
+    """One epoch's metrics as floats, named with ``prefix``; the image and step counters are
+    bookkeeping, not metrics."""
+    return {f"{prefix}{k}": float(v) for k, v in metrics.items() if k not in ("images", "steps")}
+
+
 def _metric_hook(
     report: Report | None, run: tracking.RunRef | None, runtime: Runtime, prefix: str
 ) -> Hooks:
     def on_epoch(stage: str, epoch: int, metrics: Mapping[str, float]) -> None:
-        named = {
-            f"{prefix}{k}": float(v) for k, v in metrics.items() if k not in ("images", "steps")
-        }
+        named = _epoch_metrics(metrics, prefix)
         if runtime.is_main and run is not None:
             tracking.log_metrics(run, named, step=epoch)
         if report is not None:
@@ -141,11 +145,7 @@ def finetune_worker(
     )
     # The last epoch's metrics ride along with the summary: a trial resumed after its last
     # epoch runs no epoch, yet its final report must carry the search metric (val_acc).
-    summary: dict[str, Any] = {
-        k: float(v)
-        for k, v in (history[-1] if history else {}).items()
-        if k not in ("images", "steps")
-    }
+    summary: dict[str, Any] = _epoch_metrics(history[-1]) if history else {}
     if history:
         summary["epoch"] = len(history) - 1
     summary["best_val_acc"] = max((h["val_acc"] for h in history), default=float("nan"))
