@@ -15,6 +15,9 @@ from collections.abc import Mapping, Sequence
 from dataclasses import replace
 from typing import Any
 
+from occstudy.recipes import ARCHS, AUGMENTS, OPTIMIZERS, RECIPES, SCHEDULES, STEMS
+
+RECIPE_NAMES = tuple(RECIPES)
 SMOKE_NOTE = "tiny built-in data and a few steps per epoch: checks the whole path in under a minute"
 
 
@@ -31,8 +34,12 @@ def _add_train(sub: argparse._SubParsersAction) -> None:  # type: ignore[type-ar
     )
     p.add_argument(
         "--pretext-data",
-        default="synthetic-faces",
-        help="unlabelled faces: a folder (recursively) or 'synthetic-faces'",
+        action="append",
+        default=None,
+        metavar="SOURCE",
+        help="unlabelled faces: 'synthetic-faces' (default), a folder (recursively) or a "
+        "labelled dataset NAME:ROOT[@SPLIT] (its training split, labels ignored); repeat to "
+        "concatenate several sources",
     )
     p.add_argument(
         "--real-occlusion",
@@ -43,12 +50,33 @@ def _add_train(sub: argparse._SubParsersAction) -> None:  # type: ignore[type-ar
     )
     p.add_argument("--variant", default="ss+mask", choices=("none", "ss", "mask", "ss+mask"))
     p.add_argument("--image-size", type=int, default=48)
-    p.add_argument("--stem", default="imagenet", choices=("imagenet", "small"))
+    p.add_argument(
+        "--recipe",
+        default="paper",
+        choices=RECIPE_NAMES,
+        help="how both stages train: 'paper' (the paper's settings) or 'fast' (learns on a "
+        "CPU budget); the options below marked 'recipe' override it",
+    )
+    rec = "(recipe's value by default)"
+    p.add_argument("--arch", default=None, choices=ARCHS, help=f"architecture of F {rec}")
+    p.add_argument("--stem", default=None, choices=STEMS, help=f"stem of F {rec}")
     p.add_argument("--pretext-epochs", type=int, default=1)
     p.add_argument("--epochs", type=int, default=1)
-    p.add_argument("--batch-size", type=int, default=64)
-    p.add_argument("--lr", type=float, default=1e-4)
-    p.add_argument("--pretext-lr", type=float, default=1e-4)
+    p.add_argument("--batch-size", type=int, default=None, help=f"both stages {rec}")
+    p.add_argument("--lr", type=float, default=None, help=f"fine-tune peak lr {rec}")
+    p.add_argument("--pretext-lr", type=float, default=None, help=f"pretext peak lr {rec}")
+    p.add_argument("--optimizer", default=None, choices=OPTIMIZERS, help=rec)
+    p.add_argument("--weight-decay", type=float, default=None, help=rec)
+    p.add_argument("--schedule", default=None, choices=SCHEDULES, help=f"per-step lr {rec}")
+    p.add_argument("--warmup-epochs", type=float, default=None, help=f"cosine warm-up {rec}")
+    p.add_argument("--label-smoothing", type=float, default=None, help=rec)
+    p.add_argument("--augment", default=None, choices=AUGMENTS, help=rec)
+    p.add_argument(
+        "--tta-flip",
+        default=None,
+        action=argparse.BooleanOptionalAction,
+        help=f"test on each face and its mirror image {rec}",
+    )
     p.add_argument("--tau", type=float, default=2.0)
     p.add_argument("--lam", "--lambda", dest="lam", type=float, default=0.2)
     p.add_argument("--pretext-policy", default="all")
@@ -418,15 +446,25 @@ def cmd_train(args: argparse.Namespace) -> int:
         config = MethodConfig(
             data=DataRef.parse(args.data),
             variant=args.variant,
-            pretext_data=args.pretext_data,
+            # Repeated --pretext-data concatenates sources; none given: the built-in faces.
+            pretext_data=tuple(args.pretext_data or ("synthetic-faces",)),
             real_occlusion=tuple(DataRef.parse(r) for r in args.real_occlusion),
             image_size=args.image_size,
+            recipe=args.recipe,
+            arch=args.arch,
             stem=args.stem,
             pretext_epochs=args.pretext_epochs,
             epochs=args.epochs,
             batch_size=args.batch_size,
             lr=args.lr,
             pretext_lr=args.pretext_lr,
+            optimizer=args.optimizer,
+            weight_decay=args.weight_decay,
+            schedule=args.schedule,
+            warmup_epochs=args.warmup_epochs,
+            label_smoothing=args.label_smoothing,
+            augment=args.augment,
+            tta_flip=args.tta_flip,
             tau=args.tau,
             lam=args.lam,
             pretext_policy=args.pretext_policy,

@@ -10,6 +10,8 @@ A *test protocol* is a named way of presenting a test set to the network:
 
 For each protocol :func:`evaluate` returns accuracy, per-class accuracy, macro-F1 and the
 confusion matrix, plus the mask network's IoU on synthetic occlusions when the model has U_o.
+A real-occlusion set whose groups have names (Occlusion-FERPlus: the occluded region) also gets
+its accuracy per region, from the same predictions (``test.<set>.region.<name>.acc``).
 """
 
 from __future__ import annotations
@@ -43,6 +45,11 @@ class ProtocolResult:
         confusion: ``confusion[t][p]`` = images of true class t predicted as p.
         classes: Class names, index = label id.
         mask_iou: IoU of U_o's thresholded mask with the true mask (synthetic protocols only).
+        extra: Further metrics, logged as ``test.<protocol>.<key>``.
+        regions: For a real-occlusion set whose groups have names (the occluded region of
+            Occlusion-FERPlus), ``{region: {"n": images, "acc": accuracy}}`` in group-id order,
+            from the same predictions as ``acc``; regions without images are left out. Empty
+            otherwise.
     """
 
     protocol: str
@@ -56,6 +63,7 @@ class ProtocolResult:
     classes: tuple[str, ...]
     mask_iou: float | None = None
     extra: dict[str, float] = field(default_factory=dict)
+    regions: dict[str, dict[str, float]] = field(default_factory=dict)
 
     def to_dict(self) -> dict[str, object]:
         d = asdict(self)
@@ -99,6 +107,33 @@ def classification_metrics(
     return acc, macro_f1, per_class, cm.long().tolist()
 
 
+def region_accuracy(
+    preds: Tensor, labels: Tensor, groups: Tensor, names: Sequence[str]
+) -> dict[str, dict[str, float]]:
+    """Accuracy of each named group (occluded region) of a test set.
+
+    Args:
+        preds: Predicted class ids (N,).
+        labels: True class ids (N,).
+        groups: Group id of each image (N,), indexing ``names``.
+        names: Name of each group id.
+
+    Returns:
+        ``{name: {"n": images, "acc": accuracy}}`` in group-id order; groups without images
+        are left out (an accuracy of nothing is undefined). The overall accuracy is the
+        n-weighted mean of these when every image has a named group.
+    """
+    correct = preds.long().cpu() == labels.long().cpu()
+    groups = groups.long().cpu()
+    out: dict[str, dict[str, float]] = {}
+    for gid, name in enumerate(names):
+        members = groups == gid
+        n = int(members.sum())
+        if n:
+            out[name] = {"n": float(n), "acc": correct[members].double().mean().item()}
+    return out
+
+
 def mask_iou_counts(
     mask_logits: Tensor, mask: Tensor, threshold: float = 0.5
 ) -> tuple[float, float]:
@@ -123,11 +158,14 @@ def predict(
     runtime: Runtime,
     batch_size: int = 256,
     masks: Tensor | None = None,
+    tta_flip: bool = False,
 ) -> tuple[Tensor, tuple[float, float] | None]:
     """Class predictions of ``model`` for uint8 or float [0, 1] images (N, C, H, W).
 
     When ``masks`` (N, 1, H, W) is given and the model has U_o, also returns the summed mask
-    intersection and union (see :func:`mask_iou_counts`).
+    intersection and union (see :func:`mask_iou_counts`). With ``tta_flip`` the prediction is
+    the argmax of the mean softmax over each face and its mirror image (the mask IoU is of the
+    unflipped pass).
 
     Returns:
         (predicted ids (N,), (intersection, union) or None).
@@ -145,7 +183,10 @@ def predict(
                 logits, mask_logits = model.forward_with_mask(x)
             else:
                 logits = model(x)
-        preds.append(logits.argmax(1).cpu())
+            scores = logits.float().softmax(1)
+            if tta_flip:
+                scores = scores + model(x.flip(-1)).float().softmax(1)
+        preds.append(scores.argmax(1).cpu())
         if with_mask:
             assert masks is not None
             m = masks[start : start + batch_size].to(runtime.device)
@@ -170,6 +211,7 @@ def evaluate(
     real: Mapping[str, FaceSet] | None = None,
     seed: int = 0,
     batch_size: int = 256,
+    tta_flip: bool = False,
 ) -> dict[str, ProtocolResult]:
     """Test one model on every protocol.
 
@@ -183,6 +225,7 @@ def evaluate(
             their classes must equal the test set's.
         seed: Seed of the synthetic occlusions (same seed → same occluded pixels).
         batch_size: Inference batch size.
+        tta_flip: Predict from each face and its mirror image (see :func:`predict`).
 
     Returns:
         Results keyed by protocol name, in the order given (real sets last).
@@ -208,6 +251,7 @@ def evaluate(
             runtime=runtime,
             batch_size=batch_size,
             masks=masks,
+            tta_flip=tta_flip,
         )
         results[name] = _result(name, test, preds, counts)
     for name, ds in (real or {}).items():
@@ -217,20 +261,39 @@ def evaluate(
                 f"model predicts {test.classes} ({test.label_space}); load it in the same label space"
             )
         preds, _ = predict(
-            model, ds.images, image_size=image_size, runtime=runtime, batch_size=batch_size
+            model,
+            ds.images,
+            image_size=image_size,
+            runtime=runtime,
+            batch_size=batch_size,
+            tta_flip=tta_flip,
         )
-        results[name] = _result(name, ds, preds, None)
+        results[name] = _result(name, ds, preds, None, by_region=True)
     return results
 
 
 def _result(
-    protocol: str, ds: FaceSet, preds: Tensor, counts: tuple[float, float] | None
+    protocol: str,
+    ds: FaceSet,
+    preds: Tensor,
+    counts: tuple[float, float] | None,
+    *,
+    by_region: bool = False,
 ) -> ProtocolResult:
+    """Metrics of ``preds`` (N,) on ``ds``; with ``by_region``, also per named group.
+
+    Only real-occlusion sets are broken down: the groups of the clean test set are CK+
+    subjects (no names), and a synthetic occluder pasted on a real-occlusion set would make
+    "region" mean two things.
+    """
     acc, f1, per_class, cm = classification_metrics(preds, ds.labels, ds.classes)
     iou = None
     if counts is not None:
         inter, union = counts
         iou = inter / union if union > 0 else 0.0
+    regions: dict[str, dict[str, float]] = {}
+    if by_region and ds.group_names and ds.groups is not None:
+        regions = region_accuracy(preds, ds.labels, ds.groups, ds.group_names)
     return ProtocolResult(
         protocol=protocol,
         dataset=ds.name,
@@ -242,23 +305,29 @@ def _result(
         confusion=cm,
         classes=tuple(ds.classes),
         mask_iou=iou,
+        regions=regions,
     )
 
 
 def summarize(results: Mapping[str, ProtocolResult]) -> dict[str, float]:
     """Flat metrics ``test.<protocol>.acc`` / ``.macro_f1`` / ``.mask_iou`` (the names used in
-    MLflow and Tune)."""
+    MLflow and Tune), and for a set broken down by occluded region
+    ``test.<protocol>.region.<region>.acc`` / ``.n`` (images), right after its overall ones."""
     out: dict[str, float] = {}
     for name, r in results.items():
         out[f"test.{name}.acc"] = r.acc
         out[f"test.{name}.macro_f1"] = r.macro_f1
         if r.mask_iou is not None:
             out[f"test.{name}.mask_iou"] = r.mask_iou
+        for region, m in r.regions.items():
+            out[f"test.{name}.region.{region}.acc"] = m["acc"]
+            out[f"test.{name}.region.{region}.n"] = m["n"]
     return out
 
 
 def format_table(results: Mapping[str, ProtocolResult]) -> str:
-    """A plain-text table of the results, one row per protocol."""
+    """A plain-text table of the results, one row per protocol, and under a set broken down by
+    occluded region one indented row per region (its images and accuracy)."""
     header = f"{'protocol':<20} {'dataset':<28} {'labels':<10} {'n':>6} {'acc':>7} {'macroF1':>8} {'maskIoU':>8}"
     lines = [header, "-" * len(header)]
     for r in results.values():
@@ -267,4 +336,10 @@ def format_table(results: Mapping[str, ProtocolResult]) -> str:
             f"{r.protocol:<20} {r.dataset:<28} {r.label_space:<10} {r.n:>6} "
             f"{100 * r.acc:6.2f}% {100 * r.macro_f1:7.2f}% {iou}"
         )
+        for region, m in r.regions.items():
+            label = f"  region {region}"
+            lines.append(
+                f"{label:<20} {'':<28} {'':<10} {int(m['n']):>6} "
+                f"{100 * m['acc']:6.2f}% {'-':>8} {'-':>8}"
+            )
     return "\n".join(lines)

@@ -1,7 +1,7 @@
 """Networks of the method: extractor F, projection head R, mask network U_o, classifier C.
 
-F is torchvision's ResNet-34 (``weights=None``: the method trains from scratch and nothing is
-downloaded). Two choices the paper leaves open, made here:
+F is torchvision's ResNet-34 (the paper's) or ResNet-18 (``arch``; ``weights=None``: the method
+trains from scratch and nothing is downloaded). Two choices the paper leaves open, made here:
 
 * **Input channels.** FER2013, FER+ and CK+ are grey, so by default F takes one channel and its
   first convolution is rebuilt for ``in_chans`` (torchvision's has 3).
@@ -9,7 +9,10 @@ downloaded). Two choices the paper leaves open, made here:
   inputs and, as far as it says, for CK+ at 48x48 too. ``stem="imagenet"`` keeps that (default;
   at 48x48 the last stage sees 2x2 maps). ``stem="small"`` replaces conv1 by a 3x3/1 convolution
   and keeps the max-pool (output stride 16 instead of 32): about 4x the compute at the same
-  size, often better on 48-64 px faces. U_o attaches after conv1 (conv + BN + ReLU) in both.
+  size, often better on 48-64 px faces. ``stem="stride2"`` is a 3x3/2 convolution without the
+  max-pool: the same output stride 16 as ``small`` with conv1's maps a quarter the size (what
+  CIFAR-style ResNets on 48 px FER use; the ``fast`` recipe's stem). U_o attaches after conv1
+  (conv + BN + ReLU) in all of them.
 """
 
 from __future__ import annotations
@@ -19,45 +22,55 @@ from collections.abc import Sequence
 import torch
 import torch.nn.functional as F
 from torch import Tensor, nn
-from torchvision.models import resnet34
+from torchvision.models import resnet18, resnet34
 
-STEMS: tuple[str, ...] = ("imagenet", "small")
+from occstudy.recipes import ARCHS, STEMS
+
+#: torchvision ResNets F can be (both end in 512 features); the names live in the torch-free
+#: recipes module so that study files and the CLI can check them without importing torch.
+_BUILDERS = {"resnet18": resnet18, "resnet34": resnet34}
 HEADS: tuple[str, ...] = ("projector", "mask", "classifier")
 
 
 class ResNetExtractor(nn.Module):
-    """Extractor F: ResNet-34 trunk without its ImageNet classifier.
+    """Extractor F: a torchvision ResNet trunk without its ImageNet classifier.
 
     Args:
         in_chans: Input channels (1 for grey faces, 3 for colour).
-        stem: ``imagenet`` (7x7/2 conv + max-pool) or ``small`` (3x3/1 conv + max-pool).
+        stem: ``imagenet`` (7x7/2 conv + max-pool), ``small`` (3x3/1 conv + max-pool) or
+            ``stride2`` (3x3/2 conv, no max-pool).
+        arch: ``resnet34`` (the paper's) or ``resnet18``.
     """
 
     num_features = 512
     conv1_channels = 64
 
-    def __init__(self, in_chans: int = 1, stem: str = "imagenet") -> None:
+    def __init__(self, in_chans: int = 1, stem: str = "imagenet", arch: str = "resnet34") -> None:
         super().__init__()
+        if arch not in ARCHS:
+            raise ValueError(f"ResNetExtractor: arch must be one of {ARCHS}, got {arch!r}")
         if in_chans not in (1, 3):
             raise ValueError(f"ResNetExtractor: in_chans must be 1 or 3, got {in_chans!r}")
         if stem not in STEMS:
             raise ValueError(f"ResNetExtractor: stem must be one of {STEMS}, got {stem!r}")
-        net = resnet34(weights=None)
-        if stem == "small":
-            net.conv1 = nn.Conv2d(in_chans, 64, kernel_size=3, stride=1, padding=1, bias=False)
+        net = _BUILDERS[arch](weights=None)
+        if stem in ("small", "stride2"):
+            stride = 1 if stem == "small" else 2
+            net.conv1 = nn.Conv2d(in_chans, 64, kernel_size=3, stride=stride, padding=1, bias=False)
         elif in_chans != 3:
             net.conv1 = nn.Conv2d(in_chans, 64, kernel_size=7, stride=2, padding=3, bias=False)
         self.in_chans = in_chans
         self.stem = stem
+        self.arch = arch
         self.conv1 = net.conv1
         self.bn1 = net.bn1
         self.relu = net.relu
-        self.maxpool = net.maxpool
+        self.maxpool: nn.Module = nn.Identity() if stem == "stride2" else net.maxpool
         self.layer1 = net.layer1
         self.layer2 = net.layer2
         self.layer3 = net.layer3
         self.layer4 = net.layer4
-        if self.conv1 is not net.conv1 or stem == "small":
+        if stem != "imagenet":
             nn.init.kaiming_normal_(self.conv1.weight, mode="fan_out", nonlinearity="relu")
 
     def forward_conv1(self, x: Tensor) -> Tensor:
@@ -67,7 +80,8 @@ class ResNetExtractor(nn.Module):
             x: Images (B, C, H, W).
 
         Returns:
-            (B, 64, H/2, W/2) for the ImageNet stem, (B, 64, H, W) for the small stem.
+            (B, 64, H/2, W/2) for the ImageNet and stride2 stems, (B, 64, H, W) for the small
+            stem.
         """
         return self.relu(self.bn1(self.conv1(x)))
 
@@ -155,6 +169,7 @@ class OccNet(nn.Module):
     Args:
         in_chans: Input channels.
         stem: Stem of F (see :class:`ResNetExtractor`).
+        arch: Architecture of F, ``resnet34`` or ``resnet18``.
         heads: Which heads to build, from ``projector``, ``mask``, ``classifier``.
         num_classes: Classes of C (needed with ``classifier``).
         proj_dim: Output dimension of R.
@@ -165,6 +180,7 @@ class OccNet(nn.Module):
         *,
         in_chans: int = 1,
         stem: str = "imagenet",
+        arch: str = "resnet34",
         heads: Sequence[str] = ("classifier",),
         num_classes: int = 7,
         proj_dim: int = 128,
@@ -173,7 +189,7 @@ class OccNet(nn.Module):
         unknown = set(heads) - set(HEADS)
         if unknown:
             raise ValueError(f"OccNet: unknown heads {sorted(unknown)}; valid: {HEADS}")
-        self.extractor = ResNetExtractor(in_chans=in_chans, stem=stem)
+        self.extractor = ResNetExtractor(in_chans=in_chans, stem=stem, arch=arch)
         d = ResNetExtractor.num_features
         # C is built right after F, before the optional heads: under one seed every variant of
         # the ablation then starts fine-tuning from the same C, whether or not U_o is carried.

@@ -8,8 +8,10 @@ occlusions, because each epoch's randomness is seeded from (seed, epoch) alone.
 
 from __future__ import annotations
 
+import hashlib
 import json
 import math
+import re
 import time
 from collections.abc import Callable, Mapping
 from dataclasses import asdict, dataclass, field, replace
@@ -21,8 +23,9 @@ import torch
 from occstudy import data as D
 from occstudy.evaluate import SYNTHETIC_PROTOCOLS, ProtocolResult, evaluate, summarize
 from occstudy.losses import VARIANTS
-from occstudy.models import STEMS, OccNet, PretextNet, heads_for_pretext
+from occstudy.models import OccNet, PretextNet, heads_for_pretext
 from occstudy.occlusion import make_policy
+from occstudy.recipes import RECIPE_FIELDS, Recipe, get_recipe, lr_at, recipe_field_problems
 from occstudy.train import (
     Runtime,
     extractor_state,
@@ -96,16 +99,36 @@ class MethodConfig:
     Attributes:
         data: Labelled dataset for fine-tuning and testing.
         variant: ``none``, ``ss``, ``mask`` or ``ss+mask``.
-        pretext_data: Unlabelled faces: ``synthetic-faces`` or a folder (searched recursively).
+        pretext_data: Sources of unlabelled faces, concatenated in order; each one is
+            ``synthetic-faces``, a folder (searched recursively) or a labelled dataset
+            ``NAME:ROOT[@SPLIT]`` whose labels are ignored (its training split by default;
+            validation/test splits are refused). A plain ``str`` is one source. Folders that
+            hold validation/test images of ``data`` or ``real_occlusion`` are refused, and
+            pixel duplicates of those images are dropped at load time.
         real_occlusion: Real-occlusion test sets (e.g. ``occlusion-ferplus:/data``).
         image_size: Network input side (48 for FER-style faces; the paper used 224 elsewhere).
         in_chans: 1 (grey) or 3.
-        stem: ResNet stem, ``imagenet`` or ``small`` (see :mod:`occstudy.models`).
+        recipe: How both stages train: ``paper`` (the paper's settings, default), ``fast``
+            (learns on a CPU budget) or a :class:`~occstudy.recipes.Recipe`. The recipe fills
+            every recipe field below left at None; a field given here overrides it. After
+            construction ``recipe`` is the recipe's name and every field holds its value
+            (so ``dataclasses.replace(config, recipe=...)`` keeps the old recipe's values:
+            build a new config to change recipe).
+        arch: Architecture of F, ``resnet34`` or ``resnet18`` (recipe field).
+        stem: ResNet stem, ``imagenet``, ``small`` or ``stride2`` (see :mod:`occstudy.models`;
+            recipe field).
         pretext_epochs: Pretext epochs (ignored for ``none``).
         epochs: Fine-tune epochs.
-        batch_size: Batch size of both stages (the paper: 64).
-        lr: Adam learning rate of the fine-tune stage (the paper: 1e-4).
-        pretext_lr: Adam learning rate of the pretext stage.
+        batch_size: Batch size of both stages (the paper: 64; recipe field).
+        lr: Peak learning rate of the fine-tune stage (the paper: Adam 1e-4; recipe field).
+        pretext_lr: Peak learning rate of the pretext stage (recipe field).
+        optimizer: ``adam`` or ``adamw`` (recipe field).
+        weight_decay: Weight decay of both stages (recipe field).
+        schedule: ``constant`` or ``cosine`` with linear warm-up, per step (recipe field).
+        warmup_epochs: Warm-up of ``cosine`` in epochs (recipe field).
+        label_smoothing: Label smoothing of the fine-tune cross-entropy (recipe field).
+        augment: ``crop-flip`` or ``none`` (recipe field).
+        tta_flip: Validate and test on each face and its mirror image (recipe field).
         tau: Temperature τ of L_SS (the paper: 2).
         lam: Weight λ of L_mask (the paper: 0.2).
         pretext_policy: Occlusion policy of the pretext stage (see :func:`make_policy`).
@@ -114,7 +137,8 @@ class MethodConfig:
         protocols: Test protocols on the test split.
         balanced: Class-balanced sampling in the fine-tune stage.
         label_fraction: Stratified, seeded fraction of the fine-tune labels used.
-        pretext_limit: Use at most this many unlabelled faces (None = all).
+        pretext_limit: Use at most this many unlabelled faces (None = all): the first ones of
+            a single source, a seeded draw from several.
         train_limit: Use at most this many labelled training faces, stratified (None = all).
         max_steps: Cap on steps per epoch (smoke runs).
         synthetic_size: Images per split of the built-in data set.
@@ -124,16 +148,27 @@ class MethodConfig:
 
     data: DataRef = field(default_factory=lambda: DataRef(SYNTHETIC))
     variant: str = "ss+mask"
-    pretext_data: str = SYNTHETIC
+    pretext_data: tuple[str, ...] = (SYNTHETIC,)
     real_occlusion: tuple[DataRef, ...] = ()
     image_size: int = 48
     in_chans: int = 1
-    stem: str = "imagenet"
+    recipe: str | Recipe = "paper"
+    # Recipe fields: None means "the recipe's value" and is replaced in __post_init__, so
+    # after construction they always hold a value of the annotated type.
+    arch: str = None  # type: ignore[assignment]
+    stem: str = None  # type: ignore[assignment]
     pretext_epochs: int = 1
     epochs: int = 1
-    batch_size: int = 64
-    lr: float = 1e-4
-    pretext_lr: float = 1e-4
+    batch_size: int = None  # type: ignore[assignment]
+    lr: float = None  # type: ignore[assignment]
+    pretext_lr: float = None  # type: ignore[assignment]
+    optimizer: str = None  # type: ignore[assignment]
+    weight_decay: float = None  # type: ignore[assignment]
+    schedule: str = None  # type: ignore[assignment]
+    warmup_epochs: float = None  # type: ignore[assignment]
+    label_smoothing: float = None  # type: ignore[assignment]
+    augment: str = None  # type: ignore[assignment]
+    tta_flip: bool = None  # type: ignore[assignment]
     tau: float = 2.0
     lam: float = 0.2
     pretext_policy: str = "all"
@@ -153,18 +188,29 @@ class MethodConfig:
         def bad(fieldname: str, value: Any, why: str) -> ValueError:
             return ValueError(f"MethodConfig.{fieldname}={value!r}: {why}")
 
+        complete = all(getattr(self, name) is not None for name in RECIPE_FIELDS)
+        if not (complete and isinstance(self.recipe, str)):
+            # A complete config (e.g. after dataclasses.replace) keeps its own recipe's name,
+            # even one of a user's own Recipe objects that RECIPES does not know.
+            try:
+                recipe = get_recipe(self.recipe)
+            except ValueError as exc:
+                raise bad("recipe", self.recipe, str(exc)) from None
+            object.__setattr__(self, "recipe", recipe.name)
+            for name in RECIPE_FIELDS:
+                if getattr(self, name) is None:
+                    object.__setattr__(self, name, getattr(recipe, name))
+        elif not self.recipe:
+            raise bad("recipe", self.recipe, "must be a non-empty name")
+        problems = recipe_field_problems(self)
+        if problems:
+            raise ValueError(f"MethodConfig.{problems[0]}")
         if self.variant not in VARIANTS:
             raise bad("variant", self.variant, f"must be one of {VARIANTS}")
         if not self.tau > 0:
             raise bad("tau", self.tau, "must be > 0")
         if self.lam < 0:
             raise bad("lam", self.lam, "must be >= 0")
-        for name in ("lr", "pretext_lr"):
-            if not getattr(self, name) > 0:
-                raise bad(name, getattr(self, name), "must be > 0")
-        for name in ("batch_size", "image_size"):
-            if getattr(self, name) < 2:
-                raise bad(name, getattr(self, name), "must be >= 2")
         if self.image_size < 32:
             raise bad("image_size", self.image_size, "must be >= 32")
         for name in ("pretext_epochs", "epochs"):
@@ -172,8 +218,6 @@ class MethodConfig:
                 raise bad(name, getattr(self, name), "must be >= 0")
         if self.in_chans not in (1, 3):
             raise bad("in_chans", self.in_chans, "must be 1 or 3")
-        if self.stem not in STEMS:
-            raise bad("stem", self.stem, f"must be one of {STEMS}")
         if not 0 < self.label_fraction <= 1:
             raise bad("label_fraction", self.label_fraction, "must be in (0, 1]")
         if not 0 <= self.occlusion_prob <= 1:
@@ -195,26 +239,95 @@ class MethodConfig:
         for ref in self.real_occlusion:
             if ref.name not in REAL_OCCLUSION_SETS:
                 raise bad("real_occlusion", ref.name, f"valid: {', '.join(REAL_OCCLUSION_SETS)}")
-        if (
-            self.pretext_data != SYNTHETIC
-            and self.variant != "none"
-            and not Path(self.pretext_data).is_dir()
-        ):
-            raise bad(
-                "pretext_data", self.pretext_data, "is neither 'synthetic-faces' nor a folder"
+        self._check_pretext_data()
+
+    def _check_pretext_data(self) -> None:
+        """Normalise ``pretext_data`` to a tuple and check each source (see the class doc).
+
+        Syntax, duplicates and validation/test splits are always checked; the file system
+        (missing folders, folders holding validation/test images) only when the variant has a
+        pretext stage, as a ``none`` run never reads the sources.
+        """
+        raw = self.pretext_data
+        sources = (raw,) if isinstance(raw, str) else tuple(raw) if isinstance(raw, list) else raw
+        if not isinstance(sources, tuple) or not sources:
+            raise ValueError(
+                f"MethodConfig.pretext_data={raw!r}: must name at least one source "
+                f"({SYNTHETIC!r}, a folder or NAME:ROOT[@SPLIT])"
             )
+        object.__setattr__(self, "pretext_data", sources)
+        reads_files = self.variant != "none"
+        protected = [
+            (str(ref), split, folder.resolve())
+            for ref in ((self.data, *self.real_occlusion) if reads_files else ())
+            for split, folder in eval_split_folders(ref)
+        ]
+        seen: dict[Any, int] = {}
+        folders: list[tuple[int, Path]] = []
+        for i, source in enumerate(sources):
+
+            def bad(why: str, i: int = i, source: Any = source) -> ValueError:
+                return ValueError(f"MethodConfig.pretext_data[{i}]={source!r}: {why}")
+
+            problem = pretext_source_problem(source)
+            if problem is not None:
+                raise bad(problem)
+            ref = pretext_source_ref(source)
+            identity: Any
+            if ref is not None:
+                root = Path(str(ref.root)).expanduser()
+                identity = (ref.name, root.resolve(), ref.split or DEFAULT_SPLITS[ref.name][0])
+                identity += (ref.options,)
+                if reads_files and not root.exists():
+                    raise bad(f"dataset root {root} not found")
+            else:
+                identity = SYNTHETIC if source == SYNTHETIC else Path(source).expanduser().resolve()
+            if identity in seen:
+                raise bad(f"duplicate of pretext_data[{seen[identity]}]")
+            seen[identity] = i
+            if not isinstance(identity, Path):
+                continue
+            path = identity
+            for j, other in folders:
+                if path.is_relative_to(other) or other.is_relative_to(path):
+                    raise bad(f"overlaps pretext_data[{j}]={sources[j]!r}: images counted twice")
+            folders.append((i, path))
+            if not reads_files:
+                continue
+            if not path.is_dir():
+                hint = (
+                    f"; for the dataset write {source}:ROOT[@SPLIT]"
+                    if source in D.dataset_names()
+                    else ""
+                )
+                raise bad(
+                    f"is neither {SYNTHETIC!r}, an existing folder nor NAME:ROOT[@SPLIT]{hint}"
+                )
+            for data, split, folder in protected:
+                where = _path_relation(path, folder)
+                if where is not None:
+                    raise bad(
+                        f"{where} {folder}, which holds the {split} split of {data}: validation "
+                        "and test images never enter the pretext set"
+                    )
 
     def pretext_key(self) -> dict[str, Any]:
         """The settings the pretext stage's result depends on (used to match checkpoints)."""
         return {
             "variant": self.variant,
-            "pretext_data": self.pretext_data,
+            "pretext_data": list(self.pretext_data),
             "image_size": self.image_size,
             "in_chans": self.in_chans,
+            "arch": self.arch,
             "stem": self.stem,
             "pretext_epochs": self.pretext_epochs,
             "batch_size": self.batch_size,
             "pretext_lr": self.pretext_lr,
+            "optimizer": self.optimizer,
+            "weight_decay": self.weight_decay,
+            "schedule": self.schedule,
+            "warmup_epochs": self.warmup_epochs,
+            "augment": self.augment,
             "tau": self.tau,
             "lam": self.lam,
             "pretext_policy": self.pretext_policy,
@@ -228,6 +341,7 @@ class MethodConfig:
         d["data"] = str(self.data)
         d["real_occlusion"] = [str(r) for r in self.real_occlusion]
         d["protocols"] = list(self.protocols)
+        d["pretext_data"] = list(self.pretext_data)
         return d
 
 
@@ -256,6 +370,18 @@ def holdout_split(ds: D.FaceSet, fraction: float, seed: int) -> tuple[D.FaceSet,
     return ds.subset(torch.nonzero(keep).flatten()), ds.subset(held_idx)
 
 
+def labelled_splits(ref: DataRef) -> tuple[str, str | None, str]:
+    """(train, validation, test) split names of a labelled dataset as found under its root;
+    validation is None when it is held out of train (see :func:`holdout_split`)."""
+    train, val, test = DEFAULT_SPLITS[ref.name]
+    if ref.name == "fer2013":
+        available = D.splits(ref.name, ref.root)
+        if train not in available and "train" in available:
+            # The common Kaggle download: train/ and test/ only (test = PublicTest + PrivateTest).
+            return "train", None, "test"
+    return train, val, test
+
+
 def load_method_data(config: MethodConfig, *, with_pretext: bool = True) -> MethodData:
     """Load (and, for the built-in set, generate) every data set the run needs (the
     unlabelled faces only with ``with_pretext``)."""
@@ -270,10 +396,7 @@ def load_method_data(config: MethodConfig, *, with_pretext: bool = True) -> Meth
         val = config.data.load("val", image_size=size, channels=ch, n=max(n // 6, 50))
         test = config.data.load("test", image_size=size, channels=ch, n=max(n // 6, 50))
     else:
-        available = D.splits(name, config.data.root)
-        if name == "fer2013" and train_split not in available and "train" in available:
-            # The common Kaggle download: train/ and test/ only (test = PublicTest + PrivateTest).
-            train_split, val_split, test_split = "train", None, "test"
+        train_split, val_split, test_split = labelled_splits(config.data)
         train = config.data.load(config.data.split or train_split, image_size=size, channels=ch)
         test = config.data.load(test_split, image_size=size, channels=ch)
         if val_split is not None:
@@ -298,20 +421,279 @@ def load_method_data(config: MethodConfig, *, with_pretext: bool = True) -> Meth
     return MethodData(pretext=pretext, train=train, val=val, test=test, real=real)
 
 
-def load_pretext_data(config: MethodConfig) -> D.FaceSet | None:
-    """The unlabelled faces of the pretext stage (None for ``none`` or zero pretext epochs)."""
+# ---------------------------------------------------------------------------------------------
+# Pretext sources
+# ---------------------------------------------------------------------------------------------
+
+#: Split names that hold validation or test images, whatever a dataset calls them.
+_EVAL_SPLIT = re.compile(r"test|val", re.IGNORECASE)
+
+
+def pretext_source_ref(source: str) -> DataRef | None:
+    """The labelled dataset a pretext source names, or None for ``synthetic-faces`` and folders.
+
+    A source is a dataset reference when it reads ``NAME:ROOT[@SPLIT]`` with a NAME free of path
+    separators (``fer2013:/data/fer2013@Training``); anything else is a folder.
+
+    Raises:
+        ValueError: for an unknown dataset NAME or a missing ROOT (from :meth:`DataRef.parse`).
+    """
+    if source == SYNTHETIC:
+        return None
+    name, sep, _ = source.partition(":")
+    if not sep or not name or "/" in name or "\\" in name:
+        return None
+    return DataRef.parse(source)
+
+
+def _pretext_ref_problem(ref: DataRef) -> str | None:
+    """Why a labelled dataset cannot be a pretext source, or None when it can."""
+    if ref.name not in DEFAULT_SPLITS or ref.name == SYNTHETIC:
+        valid = ", ".join(n for n in DEFAULT_SPLITS if n != SYNTHETIC)
+        return (
+            f"{ref.name} is not a labelled training set; valid NAME: {valid} "
+            f"(or plain {SYNTHETIC!r})"
+        )
+    if ref.split is None:
+        return None
+    train, val, test = DEFAULT_SPLITS[ref.name]
+    # Training splits only: every other split is, or shares images with, a validation/test
+    # split (CK+ ``all``, the RAF-DB/AffectNet challenge lists).
+    allowed = (train, "train") if ref.name == "fer2013" else (train,)
+    if ref.split in allowed:
+        return None
+    if ref.split in (val, test) or _EVAL_SPLIT.search(ref.split):
+        return (
+            f"split {ref.split!r} is a validation/test split of {ref.name}: validation and test "
+            "images never enter the pretext set"
+        )
+    valid = ", ".join(allowed)
+    return f"split {ref.split!r} is not a training split of {ref.name} (valid: {valid})"
+
+
+def pretext_source_problem(source: Any) -> str | None:
+    """Why ``source`` is no valid pretext source by its text alone, or None when it is valid
+    (:class:`MethodConfig` also checks the file system)."""
+    if not isinstance(source, str) or not source:
+        return f"must be a non-empty string: {SYNTHETIC!r}, a folder or NAME:ROOT[@SPLIT]"
+    try:
+        ref = pretext_source_ref(source)
+    except ValueError as exc:
+        return str(exc)
+    return None if ref is None else _pretext_ref_problem(ref)
+
+
+def eval_split_folders(ref: DataRef) -> list[tuple[str, Path]]:
+    """``(split, folder)`` of each existing folder that holds validation/test images of ``ref``.
+
+    FER2013 and FER+ keep one folder per split; RAF-DB, AffectNet and CK+ keep test images
+    beside training ones, so their whole image folder counts; the real-occlusion sets are
+    images of FER+ Test.
+    """
+    if ref.root is None:
+        return []
+    root = Path(ref.root).expanduser()
+    ferplus_test = [("test", root / "ferplus" / "FER2013Test")]
+    folders = {
+        "fer2013": [(s, root / s) for s in ("PublicTest", "PrivateTest", "test")],
+        "ferplus": [(s, root / f"FER2013{s}") for s in ("Valid", "Test")],
+        "rafdb": [("test", root / "Image")],
+        "affectnet": [("validation", root / "Manually_Annotated_Images")],
+        "ckplus": [("test", root)],
+        "occlusion-ferplus": ferplus_test,
+        "pose-ferplus": ferplus_test,
+    }.get(ref.name, [])
+    return [(split, folder) for split, folder in folders if folder.is_dir()]
+
+
+def _path_relation(path: Path, folder: Path) -> str | None:
+    """How resolved ``path`` relates to resolved ``folder`` (None: disjoint)."""
+    if path == folder:
+        return "is"
+    if folder.is_relative_to(path):
+        return "contains"
+    if path.is_relative_to(folder):
+        return "lies inside"
+    return None
+
+
+def pretext_source_label(source: str) -> str:
+    """A source without its location (``synthetic-faces``, ``folder:lfw``, ``fer2013@Training``),
+    for keys that must survive moving the data: the data fingerprint identifies the content."""
+    if source == SYNTHETIC:
+        return SYNTHETIC
+    ref = pretext_source_ref(source)
+    if ref is None:
+        return f"folder:{Path(source).expanduser().resolve().name}"
+    label = f"{ref.name}@{ref.split or DEFAULT_SPLITS[ref.name][0]}"
+    return label + "".join(f"?{k}={v}" for k, v in ref.options)
+
+
+def _holds_out_validation(config: MethodConfig) -> bool:
+    return config.data.name != SYNTHETIC and labelled_splits(config.data)[1] is None
+
+
+def _excluded_refs(config: MethodConfig) -> list[DataRef]:
+    """The data sets whose validation/test images the pretext set must not contain."""
+    labelled = [config.data] if config.data.name != SYNTHETIC else []
+    return [*labelled, *config.real_occlusion]
+
+
+def pretext_data_settings(config: MethodConfig) -> dict[str, Any]:
+    """Everything :func:`load_pretext_sources` depends on: equal settings, equal faces.
+
+    The seed counts only where it changes the faces (generated faces, a draw from several
+    sources, a validation split held out of the training split), so seeds share their data.
+    """
+    sources = list(config.pretext_data)
+    dedup = any(s != SYNTHETIC for s in sources) and bool(_excluded_refs(config))
+    seeded = (
+        SYNTHETIC in sources
+        or (len(sources) > 1 and config.pretext_limit is not None)
+        or (dedup and _holds_out_validation(config))
+    )
+    return {
+        "sources": sources,
+        "image_size": config.image_size,
+        "in_chans": config.in_chans,
+        "limit": config.pretext_limit,
+        "synthetic_size": config.synthetic_size if SYNTHETIC in sources else None,
+        "seed": config.seed if seeded else None,
+        "excluded": [str(r) for r in _excluded_refs(config)] if dedup else [],
+    }
+
+
+def image_hashes(images: torch.Tensor) -> list[bytes]:
+    """A 16-byte blake2b digest of each image's pixels.
+
+    Args:
+        images: uint8 ``(N, C, H, W)``.
+
+    Returns:
+        ``N`` digests; equal digests mean pixel-identical images of the same shape.
+    """
+    rows = images.detach().cpu().flatten(1).contiguous().numpy()
+    return [hashlib.blake2b(row, digest_size=16).digest() for row in rows]
+
+
+def _excluded_hashes(config: MethodConfig) -> set[bytes]:
+    """Digests of every validation/test image of the run, decoded as the pretext faces are."""
+    size, ch = config.image_size, config.in_chans
+    sets: list[D.FaceSet] = []
+    if config.data.name != SYNTHETIC:
+        train_split, val_split, test_split = labelled_splits(config.data)
+        sets.append(config.data.load(test_split, image_size=size, channels=ch))
+        if val_split is not None:
+            sets.append(config.data.load(val_split, image_size=size, channels=ch))
+        else:
+            # The same held-out validation set load_method_data builds.
+            train = config.data.load(config.data.split or train_split, image_size=size, channels=ch)
+            sets.append(holdout_split(train, 0.1, config.seed)[1])
+    for ref in config.real_occlusion:
+        split = ref.split or D.splits(ref.name, ref.root)[0]
+        sets.append(ref.load(split, image_size=size, channels=ch))
+    return {h for fs in sets for h in image_hashes(fs.images)}
+
+
+def _unlabelled(fs: D.FaceSet, images: torch.Tensor | None = None) -> D.FaceSet:
+    """``fs`` without labels, so that sources of any label space concatenate."""
+    images = fs.images if images is None else images
+    n = int(images.shape[0])
+    labels = torch.full((n,), -1, dtype=torch.int64)
+    return D.FaceSet(images, labels, (), fs.name, "none", paths=fs.paths)
+
+
+def _load_source(config: MethodConfig, source: str, limit: int | None) -> D.FaceSet:
+    """One source's faces at the run's size and channels (its first ``limit`` ones)."""
+    size, ch = config.image_size, config.in_chans
+    if source == SYNTHETIC:
+        fs = D.synthetic_faces(
+            limit or config.synthetic_size, seed=config.seed + 10_000, image_size=size
+        )
+        return _unlabelled(fs, fs.images.expand(-1, ch, -1, -1).contiguous())
+    ref = pretext_source_ref(source)
+    if ref is None:
+        return D.load_unlabelled(source, image_size=size, channels=ch, limit=limit)
+    split = ref.split or labelled_splits(ref)[0]
+    fs = ref.load(split, image_size=size, channels=ch)
+    if limit is not None and limit < len(fs):
+        fs = fs.subset(torch.arange(limit))
+    return _unlabelled(fs)
+
+
+@dataclass(frozen=True)
+class PretextData:
+    """The pretext stage's unlabelled faces and where they came from.
+
+    Attributes:
+        faces: Every source's faces, concatenated in order and capped at ``pretext_limit``.
+        counts: Faces each source contributed (before the cap of several sources).
+        dropped: Faces of each source dropped as pixel duplicates of a validation/test image.
+    """
+
+    faces: D.FaceSet
+    counts: dict[str, int]
+    dropped: dict[str, int]
+
+    @property
+    def dropped_total(self) -> int:
+        return sum(self.dropped.values())
+
+
+def load_pretext_sources(config: MethodConfig) -> PretextData | None:
+    """Load the pretext sources, drop validation/test duplicates, concatenate and cap them.
+
+    A single source keeps its own cap (its first ``pretext_limit`` images, or that many
+    generated faces); several are capped together by a draw seeded with ``config.seed``.
+    Images pixel-identical (at ``image_size``, ``in_chans``) to a validation/test image of
+    ``config.data`` or of a real-occlusion set are dropped: FER2013 repeats images across splits.
+
+    Returns:
+        None for ``none`` or zero pretext epochs.
+
+    Raises:
+        ValueError: when every image of a source is such a duplicate.
+    """
     if config.variant == "none" or config.pretext_epochs == 0:
         return None
-    size = config.image_size
-    if config.pretext_data == SYNTHETIC:
-        return D.synthetic_faces(
-            config.pretext_limit or config.synthetic_size,
-            seed=config.seed + 10_000,
-            image_size=size,
-        )
-    return D.load_unlabelled(
-        config.pretext_data, image_size=size, channels=config.in_chans, limit=config.pretext_limit
-    )
+    sources = config.pretext_data
+    single = len(sources) == 1
+    real = [s for s in sources if s != SYNTHETIC]
+    excluded = _excluded_hashes(config) if real and _excluded_refs(config) else set()
+    parts: list[D.FaceSet] = []
+    counts: dict[str, int] = {}
+    dropped: dict[str, int] = {}
+    for source in sources:
+        fs = _load_source(config, source, config.pretext_limit if single else None)
+        n = 0
+        if excluded and source != SYNTHETIC:
+            keep = torch.tensor([h not in excluded for h in image_hashes(fs.images)])
+            n = len(fs) - int(keep.sum())
+            if n == len(fs):
+                raise ValueError(
+                    f"pretext source {source!r}: all {n} images are pixel duplicates of "
+                    "validation/test images"
+                )
+            fs = fs.subset(keep) if n else fs
+        parts.append(fs)
+        counts[source], dropped[source] = len(fs), n
+    faces = parts[0]
+    for part in parts[1:]:
+        faces = faces.concat(part)
+    limit = config.pretext_limit
+    if not single and limit is not None and limit < len(faces):
+        g = torch.Generator().manual_seed(config.seed)
+        faces = faces.subset(torch.randperm(len(faces), generator=g)[:limit].sort().values)
+    if not single:
+        faces = replace(faces, name="pretext:" + "+".join(p.name for p in parts))
+    return PretextData(faces=faces, counts=counts, dropped=dropped)
+
+
+def load_pretext_data(config: MethodConfig) -> D.FaceSet | None:
+    """The unlabelled faces of the pretext stage (None for ``none`` or zero pretext epochs);
+    see :func:`load_pretext_sources`."""
+    loaded = load_pretext_sources(config)
+    return None if loaded is None else loaded.faces
 
 
 # ---------------------------------------------------------------------------------------------
@@ -336,6 +718,31 @@ class Hooks:
 def _steps_per_epoch(n: int, config: MethodConfig) -> int:
     steps = max(1, n // config.batch_size)  # drop_last: BN and NT-Xent want full batches
     return min(steps, config.max_steps) if config.max_steps else steps
+
+
+def _rank_steps(n: int, config: MethodConfig, runtime: Runtime, *, drop_last: bool) -> int:
+    """Optimiser steps one rank takes per epoch over ``n`` images."""
+    steps = D.num_batches(n, config.batch_size, drop_last, runtime.world_size)
+    return max(1, min(steps, config.max_steps) if config.max_steps else steps)
+
+
+def _lr_schedule(
+    config: MethodConfig, base_lr: float, steps_per_epoch: int, epochs: int
+) -> Callable[[int], float] | None:
+    """The recipe's learning rate per global step of a stage (None for ``constant``, which
+    leaves the optimiser's rate alone)."""
+    if config.schedule == "constant":
+        return None
+    total = steps_per_epoch * max(epochs, 1)
+    warmup = min(round(config.warmup_epochs * steps_per_epoch), total)
+    schedule = config.schedule
+
+    def at(step: int) -> float:
+        return lr_at(
+            step, base_lr=base_lr, total_steps=total, warmup_steps=warmup, schedule=schedule
+        )
+
+    return at
 
 
 def _step_cb(
@@ -363,11 +770,14 @@ def run_pretext(
     hooks = hooks or Hooks()
     torch.manual_seed(config.seed)
     net = OccNet(
-        in_chans=config.in_chans, stem=config.stem, heads=heads_for_pretext(config.variant)
+        in_chans=config.in_chans,
+        stem=config.stem,
+        arch=config.arch,
+        heads=heads_for_pretext(config.variant),
     )
     runtime.prepare_model(net)
     model = runtime.wrap(PretextNet(net))
-    optimizer = make_optimizer(net, config.pretext_lr)
+    optimizer = make_optimizer(net, config.pretext_lr, config.weight_decay, config.optimizer)
     key = config.pretext_key()
     fingerprint = pretext.fingerprint()
     history: list[dict[str, float]] = []
@@ -381,6 +791,8 @@ def run_pretext(
         history = list(state["extra"].get("history", []))
     policy = make_policy(config.pretext_policy)
     total = _steps_per_epoch(len(pretext), config)
+    per_rank = _rank_steps(len(pretext), config, runtime, drop_last=True)
+    schedule = _lr_schedule(config, config.pretext_lr, per_rank, config.pretext_epochs)
     for epoch in range(start_epoch, config.pretext_epochs):
         torch.manual_seed(config.seed * 1000 + epoch)
         batches = D.iterate_batches(
@@ -407,6 +819,9 @@ def run_pretext(
             callback=_step_cb(hooks, "pretext", total),
             log_every=hooks.log_every,
             max_steps=config.max_steps,
+            lr_schedule=schedule,
+            first_step=epoch * per_rank,
+            augment=config.augment == "crop-flip",
         )
         history.append(metrics)
         if checkpoint is not None and runtime.is_main:
@@ -474,7 +889,13 @@ def build_finetune_model(
     torch.manual_seed(config.seed + 1)
     has_mask = pretext_state is not None and any(k.startswith("mask_head.") for k in pretext_state)
     heads = ("classifier", "mask") if has_mask else ("classifier",)
-    model = OccNet(in_chans=config.in_chans, stem=config.stem, heads=heads, num_classes=num_classes)
+    model = OccNet(
+        in_chans=config.in_chans,
+        stem=config.stem,
+        arch=config.arch,
+        heads=heads,
+        num_classes=num_classes,
+    )
     if pretext_state is not None:
         model.extractor.load_state_dict(extractor_state(pretext_state))
         if has_mask and model.mask_head is not None:
@@ -505,7 +926,7 @@ def run_finetune(
     net = model
     runtime.prepare_model(net)
     wrapped = runtime.wrap(net)
-    optimizer = make_optimizer(net, config.lr)
+    optimizer = make_optimizer(net, config.lr, config.weight_decay, config.optimizer)
     key = finetune_key(config)
     fingerprint = train.fingerprint()
     history: list[dict[str, float]] = []
@@ -523,6 +944,9 @@ def run_finetune(
         best_acc = max((h["val_acc"] for h in history), default=-math.inf)
     policy = make_policy(config.finetune_policy)
     total = _steps_per_epoch(len(train), config)
+    drop_last = len(train) >= config.batch_size * runtime.world_size
+    per_rank = _rank_steps(len(train), config, runtime, drop_last=drop_last)
+    schedule = _lr_schedule(config, config.lr, per_rank, config.epochs)
     best_state = None
     for epoch in range(start_epoch, config.epochs):
         torch.manual_seed(config.seed * 1000 + 500 + epoch)
@@ -533,7 +957,7 @@ def run_finetune(
             seed=config.seed,
             epoch=epoch,
             balanced=config.balanced,
-            drop_last=len(train) >= config.batch_size * runtime.world_size,
+            drop_last=drop_last,
             rank=runtime.rank,
             world_size=runtime.world_size,
         )
@@ -549,9 +973,18 @@ def run_finetune(
             callback=_step_cb(hooks, "finetune", total),
             log_every=hooks.log_every,
             max_steps=config.max_steps,
+            lr_schedule=schedule,
+            first_step=epoch * per_rank,
+            augment=config.augment == "crop-flip",
+            label_smoothing=config.label_smoothing,
         )
         val_res = evaluate(
-            net, val, image_size=config.image_size, runtime=runtime, protocols=("clean",)
+            net,
+            val,
+            image_size=config.image_size,
+            runtime=runtime,
+            protocols=("clean",),
+            tta_flip=config.tta_flip,
         )
         metrics["val_acc"] = val_res["clean"].acc
         metrics["val_macro_f1"] = val_res["clean"].macro_f1
@@ -601,6 +1034,7 @@ def evaluate_on_protocols(
         protocols=config.protocols,
         real=data.real,
         seed=0,
+        tta_flip=config.tta_flip,
     )
 
 

@@ -30,7 +30,7 @@ from torch import Tensor
 
 from occstudy.data import EMOTIONS, EMOTIONS7, normalize, resize, to_float
 from occstudy.data.imageio import decode_image
-from occstudy.models import STEMS, OccNet
+from occstudy.models import ARCHS, STEMS, OccNet
 from occstudy.train import load_checkpoint
 
 __all__ = [
@@ -69,7 +69,7 @@ class ModelInfo:
         checkpoint: The checkpoint file.
         image_size: Side of the square model input, in pixels.
         in_chans: Input channels (1 grey, 3 RGB).
-        stem: ResNet stem of F (``imagenet`` or ``small``).
+        stem: ResNet stem of F (``imagenet``, ``small`` or ``stride2``).
         heads: Heads present in the weights, e.g. ``("classifier", "mask")``.
         classes: Class name per classifier output, in output order.
         classes_source: Where ``classes`` came from: ``"checkpoint"`` (the extra dict's
@@ -78,6 +78,8 @@ class ModelInfo:
             vocabulary does not have the classifier's number of outputs).
         epoch: Last finished epoch recorded in the checkpoint.
         data: The training-set spec recorded in the checkpoint's configuration, if any.
+        arch: Architecture of F (``resnet34`` for checkpoints written before it was recorded).
+        tta_flip: Whether the model was validated and tested on faces and their mirror images.
     """
 
     checkpoint: Path
@@ -89,6 +91,8 @@ class ModelInfo:
     classes_source: str
     epoch: int
     data: str | None = None
+    arch: str = "resnet34"
+    tta_flip: bool = False
 
     @property
     def num_classes(self) -> int:
@@ -192,6 +196,9 @@ def _read(path: Path, map_location: str | torch.device = "cpu") -> tuple[ModelIn
         raise ValueError(f"{path}: configuration in_chans={in_chans!r} is not 1 or 3")
     if stem not in STEMS:
         raise ValueError(f"{path}: configuration stem={stem!r} is not one of {STEMS}")
+    arch = config.get("arch", "resnet34")
+    if arch not in ARCHS:
+        raise ValueError(f"{path}: configuration arch={arch!r} is not one of {ARCHS}")
     heads, num_classes = _heads_and_classes(path, weights)
     extra = state.get("extra")
     named = extra.get("classes") if isinstance(extra, Mapping) else None
@@ -217,6 +224,8 @@ def _read(path: Path, map_location: str | torch.device = "cpu") -> tuple[ModelIn
         classes_source=source,
         epoch=int(state.get("epoch", -1)),
         data=data if isinstance(data, str) else None,
+        arch=str(arch),
+        tta_flip=config.get("tta_flip") is True,
     )
     return info, dict(weights)
 
@@ -286,14 +295,19 @@ def load_model(
     # checkpoint written on a GPU must still open on a CPU-only machine.
     info, weights = _read(path, "cpu")
     model = OccNet(
-        in_chans=info.in_chans, stem=info.stem, heads=info.heads, num_classes=info.num_classes
+        in_chans=info.in_chans,
+        stem=info.stem,
+        arch=info.arch,
+        heads=info.heads,
+        num_classes=info.num_classes,
     )
     try:
         model.load_state_dict(weights)
     except RuntimeError as exc:
         first = str(exc).strip().splitlines()
         raise ValueError(
-            f"{path}: weights do not fit OccNet(in_chans={info.in_chans}, stem={info.stem!r}, "
+            f"{path}: weights do not fit OccNet(arch={info.arch!r}, in_chans={info.in_chans}, "
+            f"stem={info.stem!r}, "
             f"heads={info.heads}, num_classes={info.num_classes}): "
             f"{' '.join(ln.strip() for ln in first[1:3]) if len(first) > 1 else exc}"
         ) from None
@@ -393,7 +407,11 @@ def predict_images(
                     masks: Tensor | None = torch.sigmoid(mask_logits.float())[:, 0].cpu()
                 else:
                     logits, masks = model(x), None
-                probs = torch.softmax(logits.float(), dim=1).cpu()
+                probs = torch.softmax(logits.float(), dim=1)
+                if info.tta_flip:
+                    # As the model was validated and tested: mean over the face and its mirror.
+                    probs = (probs + torch.softmax(model(x.flip(-1)).float(), dim=1)) / 2
+                probs = probs.cpu()
                 for i, f in enumerate(chunk):
                     p = probs[i].tolist()
                     mask = masks[i] if masks is not None else None

@@ -706,8 +706,10 @@ def log_results(run: RunRef, results: Mapping[str, Any]) -> None:
     """Log final test metrics and confusion matrices, one set per test protocol.
 
     Metrics ``test.<p>.acc``, ``test.<p>.macro_f1``, ``test.<p>.mask_iou`` (when the model has
-    U_o and the protocol has masks) and ``test.<p>.<extra>``; artifacts ``confusion/<p>.json``
-    and ``confusion/<p>.png``.
+    U_o and the protocol has masks), ``test.<p>.<extra>`` and, for a real-occlusion set broken
+    down by occluded region, ``test.<p>.region.<region>.acc`` / ``.n`` (the names of
+    :func:`occstudy.evaluate.summarize`); artifacts ``confusion/<p>.json`` (with the per-region
+    results under ``regions``) and ``confusion/<p>.png``.
 
     Args:
         run: The run (a fine-tune trial).
@@ -724,6 +726,11 @@ def log_results(run: RunRef, results: Mapping[str, Any]) -> None:
             metrics[f"test.{p}.mask_iou"] = float(r["mask_iou"])
         for k, v in (r.get("extra") or {}).items():
             metrics[f"test.{p}.{k}"] = float(v)
+        regions = r.get("regions") or {}
+        for region, m in regions.items():
+            key = f"test.{p}.region.{_metric_key(str(region))}"
+            metrics[f"{key}.acc"] = float(m["acc"])
+            metrics[f"{key}.n"] = float(m["n"])
         doc = {
             "protocol": p,
             "dataset": r.get("dataset"),
@@ -735,6 +742,7 @@ def log_results(run: RunRef, results: Mapping[str, Any]) -> None:
             "classes": list(r["classes"]),
             "matrix": r["confusion"],
             "per_class_acc": r.get("per_class_acc"),
+            "regions": regions,
         }
         client.log_text(run.run_id, _to_json(doc), f"confusion/{p}.json")
         fig = confusion_figure(

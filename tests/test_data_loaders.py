@@ -2,6 +2,7 @@
 
 from __future__ import annotations
 
+import dataclasses
 import os
 from pathlib import Path
 
@@ -24,6 +25,7 @@ from occstudy.data import (
     EMOTIONS,
     EMOTIONS7,
     DataError,
+    FaceSet,
     check_dataset,
     dataset_names,
     load,
@@ -32,6 +34,7 @@ from occstudy.data import (
     splits,
     subject_folds,
 )
+from occstudy.data.ferplus import OCCLUSION_REGIONS
 
 
 @pytest.fixture(autouse=True)
@@ -136,6 +139,46 @@ def test_challenge_lists(tmp_path: Path) -> None:
         fh.write("3/fer0099999.jpg\n")
     with pytest.raises(DataError, match="fer0099999.png"):
         load("pose-ferplus", root, "pose45")
+
+
+def test_occlusion_regions_are_named_and_survive_cache_subset_concat(tmp_path: Path) -> None:
+    root = write_challenge_root(tmp_path)
+    names = tuple(OCCLUSION_REGIONS[k] for k in range(4))
+    assert names == ("upper-face", "mouth", "cheek-hand", "eyewear")
+    occ = load("occlusion-ferplus", root, "test")
+    assert occ.group_names == names and occ.groups is not None
+    assert [names[g] for g in occ.groups.tolist()] == ["mouth", "upper-face", "eyewear"]
+    # The decoded-image cache: a hit keeps the names, and an entry written before names
+    # existed (no "group_names" key) gets them from the index instead of losing them.
+    (entry,) = (tmp_path / "cache").glob("occlusion-ferplus-test-*.pt")
+    assert load("occlusion-ferplus", root, "test").group_names == names
+    blob = torch.load(entry, weights_only=True)
+    assert blob["group_names"] == list(names)
+    del blob["group_names"]
+    torch.save(blob, entry)
+    again = load("occlusion-ferplus", root, "test")
+    assert again.group_names == names and torch.equal(again.images, occ.images)
+    # fer2013 labels leave an image out; the names still index the remaining groups.
+    occ7 = load("occlusion-ferplus", root, "test", labels="fer2013")
+    assert occ7.group_names == names and occ7.groups is not None
+    assert occ7.groups.tolist() == [1, 0]
+    # Groups that are not occluded regions get no names.
+    assert load("pose-ferplus", root, "pose30").group_names == ()
+    assert load("ferplus", root / "ferplus", "Test").group_names == ()
+    # Kept by subset and concat (dropped by concat when the two sides name groups differently).
+    assert occ.subset([2, 0]).group_names == names
+    assert occ.concat(occ).group_names == names
+    one = occ.subset([0])
+    unnamed = FaceSet(one.images, one.labels, one.classes, "x", one.label_space, groups=one.groups)
+    mixed = occ.concat(unnamed)
+    assert mixed.group_names == () and mixed.groups is not None
+    with pytest.raises(DataError, match="group names"):
+        dataclasses.replace(occ, group_names=("a",))  # group 3 has no name
+    # A list with codes outside 0..3 keeps them as groups, without guessed names.
+    lists = root / "challenge-lists"
+    (lists / "FERplus_dir_jianfei_occlusion_list.txt").write_text("0_fer0000000.png 8 7\n")
+    odd = load("occlusion-ferplus", root, "test")
+    assert odd.groups is not None and odd.groups.tolist() == [7] and odd.group_names == ()
 
 
 def test_rafdb(tmp_path: Path) -> None:

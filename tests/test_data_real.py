@@ -35,9 +35,13 @@ def test_occlusion_ferplus_both_label_spaces() -> None:
         "contempt": 3,
     }
     assert fs.groups is not None and fs.groups.bincount().tolist() == [70, 138, 213, 184]
+    # The third column's codes, named (unverified reading, see ferplus.OCCLUSION_REGIONS).
+    assert fs.group_names == ("upper-face", "mouth", "cheek-hand", "eyewear")
     fer = load("occlusion-ferplus", root, "test", labels="fer2013")
     # 5 images have no (or an ambiguous) FER2013 label and are left out.
     assert len(fer) == 600 and fer.classes == EMOTIONS7 and fer.label_space == "fer2013-7"
+    assert fer.group_names == fs.group_names and fer.groups is not None
+    assert int(fer.groups.bincount().sum()) == 600
 
 
 def test_pose_ferplus_sizes() -> None:

@@ -1,13 +1,15 @@
 import pytest
 import torch
 
-from occstudy.data import synthetic_faces
+from occstudy.data import FaceSet, synthetic_faces
 from occstudy.evaluate import (
     classification_metrics,
     confusion_matrix,
     evaluate,
     format_table,
     mask_iou_counts,
+    region_accuracy,
+    summarize,
 )
 from occstudy.models import OccNet
 from occstudy.train import Runtime
@@ -83,3 +85,120 @@ def test_evaluate_rejects_unknown_protocol_and_mismatched_labels() -> None:
         evaluate(
             model, test, image_size=32, runtime=Runtime.auto("cpu"), protocols=(), real={"x": other}
         )
+
+
+class _Replay(torch.nn.Module):
+    """Stands in for a network: returns logits for a fixed sequence of predictions, in the
+    order the images arrive (evaluate feeds every set in order, batch after batch)."""
+
+    mask_head = None
+
+    def __init__(self, preds: list[int], num_classes: int) -> None:
+        super().__init__()
+        self.logits = torch.nn.functional.one_hot(torch.tensor(preds), num_classes).float()
+        self.pos = 0
+
+    def forward(self, x: torch.Tensor) -> torch.Tensor:
+        out = self.logits[self.pos : self.pos + x.shape[0]]
+        self.pos += x.shape[0]
+        return out
+
+
+def _real_set(group_names: tuple[str, ...] = ()) -> FaceSet:
+    """6 images of classes a, b, c in occluded regions 0 0 1 1 1 2 (region 3: no image)."""
+    return FaceSet(
+        images=torch.zeros(6, 1, 8, 8, dtype=torch.uint8),
+        labels=torch.tensor([0, 1, 2, 2, 0, 1]),
+        classes=("a", "b", "c"),
+        name="occ:test",
+        label_space="abc-3",
+        groups=torch.tensor([0, 0, 1, 1, 1, 2]),
+        group_names=group_names,
+    )
+
+
+REGIONS = ("upper-face", "mouth", "cheek-hand", "eyewear")
+# True 0 1 | 2 2 0 | 1 ; predicted 0 2 | 2 2 1 | 0: right, wrong | right, right, wrong | wrong
+PREDS = [0, 2, 2, 2, 1, 0]
+
+
+def test_region_accuracy_hand_computed() -> None:
+    regions = region_accuracy(
+        torch.tensor(PREDS), _real_set().labels, torch.tensor([0, 0, 1, 1, 1, 2]), REGIONS
+    )
+    assert list(regions) == ["upper-face", "mouth", "cheek-hand"]  # eyewear: no image, left out
+    assert regions == {
+        "upper-face": {"n": 2.0, "acc": pytest.approx(1 / 2)},
+        "mouth": {"n": 3.0, "acc": pytest.approx(2 / 3)},
+        "cheek-hand": {"n": 1.0, "acc": 0.0},
+    }
+
+
+def test_evaluate_real_set_by_region_from_the_same_predictions() -> None:
+    clean = _real_set(REGIONS)  # also the clean test set: its groups must NOT be broken down
+    model = _Replay([0, 1, 2, 2, 0, 1, *PREDS], 3)  # clean: all right; then the real set
+    res = evaluate(
+        model,  # type: ignore[arg-type]
+        clean,
+        image_size=8,
+        runtime=Runtime.auto("cpu"),
+        protocols=("clean",),
+        real={"occ": _real_set(REGIONS)},
+    )
+    assert model.pos == 12  # one forward pass per image: the regions reuse the predictions
+    assert res["clean"].acc == 1.0 and res["clean"].regions == {}
+    occ = res["occ"]
+    assert occ.acc == pytest.approx(3 / 6)
+    assert {k: (m["n"], m["acc"]) for k, m in occ.regions.items()} == {
+        "upper-face": (2, pytest.approx(0.5)),
+        "mouth": (3, pytest.approx(2 / 3)),
+        "cheek-hand": (1, 0.0),
+    }
+    # Every image has a region, so the overall accuracy is the n-weighted mean of the regions.
+    weighted = sum(m["n"] * m["acc"] for m in occ.regions.values()) / occ.n
+    assert occ.acc == pytest.approx(weighted)
+    assert occ.to_dict()["regions"] == occ.regions
+    metrics = summarize(res)
+    assert metrics["test.occ.acc"] == pytest.approx(0.5)
+    assert metrics["test.occ.region.mouth.acc"] == pytest.approx(2 / 3)
+    assert metrics["test.occ.region.mouth.n"] == 3.0
+    assert "test.occ.region.eyewear.acc" not in metrics
+    assert not any(".region." in k for k in metrics if k.startswith("test.clean."))
+    table = format_table(res)
+    assert "  region mouth" in table and "66.67%" in table
+
+
+def test_groups_without_names_are_not_broken_down() -> None:
+    # CK+ subjects (or an undocumented RAF-DB column): groups, but no names.
+    res = evaluate(
+        _Replay(PREDS, 3),  # type: ignore[arg-type]
+        _real_set(),
+        image_size=8,
+        runtime=Runtime.auto("cpu"),
+        protocols=(),
+        real={"occ": _real_set()},
+    )
+    assert res["occ"].regions == {} and not any(".region." in k for k in summarize(res))
+
+
+def test_tta_flip_is_the_argmax_of_the_mean_softmax_of_face_and_mirror() -> None:
+    from occstudy.data import normalize
+    from occstudy.evaluate import predict
+
+    torch.manual_seed(0)
+    model = OccNet(arch="resnet18", num_classes=7).eval()
+    images = torch.randint(0, 256, (9, 1, 48, 48), dtype=torch.uint8)
+    runtime = Runtime.auto("cpu")
+    got, _ = predict(model, images, image_size=48, runtime=runtime, batch_size=4, tta_flip=True)
+    x = normalize(images.float() / 255.0)
+    with torch.no_grad():
+        probs = model(x).softmax(1) + model(x.flip(-1)).softmax(1)
+    assert torch.equal(got, probs.argmax(1))
+    plain, _ = predict(model, images, image_size=48, runtime=runtime, tta_flip=False)
+    with torch.no_grad():
+        assert torch.equal(plain, model(x).argmax(1))
+    # A mirror-symmetric face gives the same answer with and without the flip.
+    sym = torch.cat([images[..., :24], images[..., :24].flip(-1)], dim=-1)
+    a, _ = predict(model, sym, image_size=48, runtime=runtime, tta_flip=True)
+    b, _ = predict(model, sym, image_size=48, runtime=runtime, tta_flip=False)
+    assert torch.equal(a, b)

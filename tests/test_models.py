@@ -7,7 +7,13 @@ from occstudy.models import OccNet, PretextNet, heads_for_pretext
 
 @pytest.mark.parametrize(
     "stem,size,expect_c1",
-    [("imagenet", 48, 24), ("imagenet", 64, 32), ("small", 48, 48), ("imagenet", 112, 56)],
+    [
+        ("imagenet", 48, 24),
+        ("imagenet", 64, 32),
+        ("small", 48, 48),
+        ("imagenet", 112, 56),
+        ("stride2", 48, 24),
+    ],
 )
 def test_shapes(stem: str, size: int, expect_c1: int) -> None:
     net = OccNet(
@@ -56,9 +62,12 @@ def test_pretext_every_parameter_gets_a_gradient(variant: str) -> None:
         assert torch.isfinite(p.grad).all(), name
 
 
-def test_finetune_every_parameter_gets_a_gradient() -> None:
+@pytest.mark.parametrize(
+    "arch,stem", [("resnet34", "imagenet"), ("resnet18", "stride2"), ("resnet18", "small")]
+)
+def test_finetune_every_parameter_gets_a_gradient(arch: str, stem: str) -> None:
     torch.manual_seed(0)
-    net = OccNet(heads=("classifier",), num_classes=7).train()
+    net = OccNet(heads=("classifier",), num_classes=7, arch=arch, stem=stem).train()
     out = net(torch.randn(4, 1, 48, 48))
     assert not torch.isnan(out).any()
     torch.nn.functional.cross_entropy(out, torch.tensor([0, 1, 2, 3])).backward()
@@ -73,6 +82,8 @@ def test_bad_arguments() -> None:
         OccNet(stem="tiny")
     with pytest.raises(ValueError, match="heads"):
         OccNet(heads=("decoder",))
+    with pytest.raises(ValueError, match="arch"):
+        OccNet(arch="resnet50")
     with pytest.raises(RuntimeError, match="classifier"):
         OccNet(heads=("mask",))(torch.randn(1, 1, 48, 48))
 
@@ -84,3 +95,15 @@ def test_classifier_init_does_not_depend_on_the_other_heads() -> None:
     with_mask = OccNet(heads=("classifier", "mask"))
     for a, b in zip(plain.classifier.parameters(), with_mask.classifier.parameters(), strict=True):
         assert torch.equal(a, b)
+
+
+def test_resnet18_is_smaller_and_stride2_keeps_no_maxpool() -> None:
+    def n_params(net: torch.nn.Module) -> int:
+        return sum(p.numel() for p in net.parameters())
+
+    r18 = OccNet(arch="resnet18", stem="stride2", num_classes=7)
+    r34 = OccNet(arch="resnet34", stem="stride2", num_classes=7)
+    assert n_params(r18) < 0.6 * n_params(r34)
+    # After a 3x3/2 stem and no max-pool, layer4 sees 48 / 16 = 3 pixels a side.
+    feats = r18.extractor.forward_conv1(torch.randn(1, 1, 48, 48))
+    assert feats.shape[-1] == 24

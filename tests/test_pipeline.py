@@ -80,7 +80,8 @@ def test_variant_none_has_no_pretext() -> None:
         ({"protocols": ("clean", "r99")}, "protocols"),
         ({"pretext_policy": "hats"}, "pretext_policy"),
         ({"label_fraction": 0.0}, "label_fraction"),
-        ({"pretext_data": "/no/such/folder"}, "pretext_data"),
+        ({"pretext_data": "/no/such/folder"}, r"pretext_data\[0\]"),
+        ({"pretext_data": ()}, "pretext_data"),
     ],
 )
 def test_invalid_config_names_the_field(change, field) -> None:
@@ -111,3 +112,26 @@ def test_dataref_options_round_trip() -> None:
     ref = DataRef("ckplus", "/data/ck", options=(("fold", 3), ("n_folds", 10)))
     assert str(ref) == "ckplus:/data/ck?fold=3&n_folds=10"
     assert DataRef.parse(str(ref)) == ref
+
+
+def test_quickstart_recipe_clearly_beats_chance() -> None:
+    """A short run of the quick start's recipe learns the synthetic faces (7 classes), and
+    covering the mouth costs accuracy. Not timed; about 20 s on 2 cores."""
+    from pathlib import Path
+
+    from occstudy.study import load_study
+
+    study = load_study(Path(__file__).parents[1] / "studies" / "quickstart.py")
+    point = next(p for p in study.grid_points() if p["variant"] == "none")
+    config = replace(
+        study.method_config(point),
+        device="cpu",
+        synthetic_size=1500,
+        train_limit=None,
+        protocols=("clean", "mouth"),
+    )
+    result = run_method(config)
+    clean, mouth = result.results["clean"].acc, result.results["mouth"].acc
+    chance = 1 / 7
+    assert clean >= 2.5 * chance, (clean, result.finetune_history)
+    assert mouth < clean

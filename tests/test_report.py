@@ -82,6 +82,16 @@ ACC: dict[tuple[float, str], dict[str, list[float | None]]] = {
     },
 }
 FAILED = {(1.0, "mask", 2)}  # logged 0.99 everywhere, then failed: must not count
+# Real-occlusion accuracy per occluded region, per seed (fraction 1, none and ss+mask only: the
+# other variants' region cells are missing, and so is the whole fraction-0.25 region table),
+# logged as test.occlusion-ferplus.region.<region>.acc / .n like evaluate.summarize names them.
+REGION_ACC: dict[str, dict[str, list[float]]] = {
+    "none": {"mouth": [0.20, 0.25, 0.30], "eyewear": [0.40, 0.35, 0.39]},
+    "ss+mask": {"mouth": [0.35, 0.40, 0.42], "eyewear": [0.41, 0.40, 0.36]},
+}
+REGION_IMAGES = {"mouth": 20, "eyewear": 30}
+MOUTH = Column(DS, f"{REAL}.region.mouth")
+EYEWEAR = Column(DS, f"{REAL}.region.eyewear")
 # Clean confusion matrices of `none` at fraction 1, seeds 0..2; their sum is checked.
 NONE_CONFUSION = [
     [[2, 1, 0], [0, 3, 0], [1, 0, 2]],
@@ -244,6 +254,12 @@ def _log_main(uri: str, study: Study, study_dir: Path) -> str:
                     tracking.log_json(
                         run, _doc("clean", float(accs["clean"]), matrix), "confusion/clean.json"
                     )
+            if fraction == 1.0 and variant in REGION_ACC:
+                regions: dict[str, float] = {}
+                for region, values in REGION_ACC[variant].items():
+                    regions[f"test.{REAL}.region.{region}.acc"] = values[seed]
+                    regions[f"test.{REAL}.region.{region}.n"] = REGION_IMAGES[region]
+                tracking.log_metrics(run, regions)
             tracking.log_metrics(run, {"best_val_acc": 0.5 + 0.01 * seed})
             tracker.finish(run, "FAILED" if (fraction, variant, seed) in FAILED else "FINISHED")
     # Still running: no metrics yet, and no status change.
@@ -336,6 +352,61 @@ def test_ablation_table_by_hand(fx: Fixture) -> None:
     assert low.setting == Setting(0.25, ())
     assert low.cell("ss", CLEAN).summary is None
     assert low.cell("ss+mask", CLEAN).summary.mean == pytest.approx(0.35 / 0.6)  # type: ignore[union-attr]
+
+
+def test_region_table_by_hand(fx: Fixture) -> None:
+    report = fx.main.report
+    # Region columns stay out of the ablation table (and its tests: 15 comparisons, checked in
+    # test_significance_by_hand) and form one region table, at fraction 1 only.
+    assert report.columns == (CLEAN, R16, REALC)
+    (rt,) = report.region_tables
+    assert rt.table.setting == report.tables[0].setting == Setting(1.0, ())
+    assert rt.real == REALC and rt.regions == (EYEWEAR, MOUTH)  # regions by name
+    assert rt.table.columns == (REALC, EYEWEAR, MOUTH)
+    assert MOUTH.label == f"{DS} · {REAL} · mouth" and MOUTH.base == REAL and REALC.region is None
+    assert rt.images == {EYEWEAR: (30,), MOUTH: (20,)}
+    # The overall column is the ablation table's cell, from the same trials.
+    for v in rt.table.variants:
+        assert rt.table.cell(v, REALC).summary == report.tables[0].cell(v, REALC).summary
+    # none, mouth: (0.20, 0.25, 0.30): mean 0.25, s 0.05, half-width t_{.975,2} * 0.05 / sqrt 3
+    mouth = rt.table.cell("none", MOUTH).summary
+    assert mouth is not None and (mouth.n, mouth.mean) == (3, pytest.approx(0.25))
+    assert mouth.half_width == pytest.approx(T975[2] * 0.05 / math.sqrt(3))
+    # Best per column: ss+mask on mouth (0.39 vs 0.25) and on eyewear (0.39 vs 0.38).
+    assert [v for v in rt.table.variants if rt.table.cell(v, MOUTH).best] == ["ss+mask"]
+    assert [v for v in rt.table.variants if rt.table.cell(v, EYEWEAR).best] == ["ss+mask"]
+    assert rt.table.cell("ss", MOUTH).summary is None  # ss logged no region result
+    assert rt.table.cell("mask", MOUTH).summary is None
+    # Files: right under the fraction-1 ablation table in the Markdown (and the HTML, which
+    # renders the same views); cells.csv, trials.csv and report.json hold the numbers.
+    out = fx.storage / "rep" / "report"
+    md = md_text(out)
+    caption = f"**By occluded region: {DS} · {REAL}, labels 100 %**"
+    assert md.index("**Ablation: labels 100 %**") < md.index(caption)
+    assert md.index(caption) < md.index("**Ablation: labels 25 %**")
+    assert "| variant | all regions | eyewear (30 images) | mouth (20 images) |" in md
+    # all regions = the ablation cell of none: (0.30, 0.31, 0.35), s = sqrt(0.0014 / 2)
+    assert f"| none | 32.00 ± {100 * T975[2] * math.sqrt(0.0007 / 3):.2f} (n=3) |" in md
+    assert 'id="regions-0"' in (out / "report.html").read_text()
+    cells = (out / "cells.csv").read_text().splitlines()
+    row = next(r for r in cells if f",none,{DS},{REAL}.region.mouth," in r)
+    assert row.startswith("labels 100 %") and ",3,0.25," in row and "s0 s1 s2" in row
+    # The overall column is not repeated: one none / occlusion-ferplus row per setting.
+    assert sum(f",none,{DS},{REAL}," in r for r in cells) == 2
+    assert f"test.{REAL}.region.mouth.acc" in (out / "trials.csv").read_text().splitlines()[0]
+    data = json.loads((out / "report.json").read_text())
+    assert data["region_tables"] == [
+        {
+            "setting": "labels 100 %",
+            "dataset": DS,
+            "protocol": REAL,
+            "regions": [
+                {"region": "eyewear", "protocol": EYEWEAR.protocol, "images": [30]},
+                {"region": "mouth", "protocol": MOUTH.protocol, "images": [20]},
+            ],
+        }
+    ]
+    assert any(c["protocol"] == MOUTH.protocol for c in data["cells"])
 
 
 def _comparison(comps: Any, column: Column, variant: str, reference: str) -> Any:

@@ -38,6 +38,8 @@ GRID_SIZES = {
     "hpo": 1,
     "ckplus_10fold": 4 * 10,
     "label_efficiency": 4 * 5 * 3,
+    "label_efficiency_cpu": 2 * 4 * 3,
+    "fer2013_best": 1,
     "ferplus": 4 * 3,
 }
 
@@ -55,6 +57,7 @@ def test_defaults_are_valid_and_the_papers_settings() -> None:
         "tau": Fixed(2.0),
         "lr": Fixed(1e-4),
         "pretext_lr": Fixed(1e-4),
+        "arch": Fixed("resnet34"),
     }
     assert study.sampled_params() == {}
     assert not study.resources.use_ray_train
@@ -165,6 +168,30 @@ def test_pretext_folder_only_checked_with_a_pretext_variant(tmp_path: Path) -> N
         Study("s", variants=("none", "ss"), pretext=PretextSpec(data=str(tmp_path / "missing")))
 
 
+def test_recipe_sets_the_default_search_space_and_an_arch_grid_names_trials() -> None:
+    from occstudy.recipes import FAST
+
+    fast = Study("f", recipe="fast")
+    assert fast.search_space["lr"] == Fixed(FAST.lr)
+    assert fast.search_space["pretext_lr"] == Fixed(FAST.pretext_lr)
+    assert fast.search_space["arch"] == Fixed(FAST.arch)
+    config = fast.method_config(_complete(fast, fast.grid_points()[0]))
+    assert (config.recipe, config.arch, config.schedule, config.tta_flip) == (
+        "fast",
+        FAST.arch,
+        FAST.schedule,
+        FAST.tta_flip,
+    )
+    both = Study("a", variants=("none",), search_space={"arch": Grid(("resnet18", "resnet34"))})
+    points = both.grid_points()
+    assert [p["arch"] for p in points] == ["resnet18", "resnet34"]
+    names = [both.trial_name(p) for p in points]
+    assert len(set(names)) == 2 and all(p["arch"] in n for p, n in zip(points, names, strict=True))
+    assert both.method_config(points[1]).arch == "resnet34"
+    with pytest.raises(StudyError, match="arch"):
+        Study("b", search_space={"arch": Grid(("resnet18", "vgg16"))})
+
+
 def test_grid_points_count_order_and_determinism() -> None:
     study = Study("s", seeds=(0, 1, 2), search_space={"lam": Grid((0.2, 2))})
     points = study.grid_points()
@@ -178,6 +205,7 @@ def test_grid_points_count_order_and_determinism() -> None:
         "tau": 2.0,
         "lr": 1e-4,
         "pretext_lr": 1e-4,
+        "arch": "resnet34",
     }
     assert points[1]["lam"] == 2.0  # the last dimension varies fastest
     assert len({json.dumps(p, sort_keys=True) for p in points}) == len(points)
@@ -268,7 +296,7 @@ def test_method_config_maps_fields() -> None:
         "tau": 0.5,
         "lr": 3e-4,
         "pretext_lr": 5e-4,
-        "pretext_data": "synthetic-faces",
+        "pretext_data": ("synthetic-faces",),
         "pretext_epochs": 3,
         "pretext_limit": 500,
         "pretext_policy": "squares",
@@ -378,7 +406,7 @@ def test_every_study_file_loads(
 def test_quickstart_loads_without_data(monkeypatch: pytest.MonkeyPatch) -> None:
     monkeypatch.delenv("OCCSTUDY_DATA", raising=False)
     study = load_study(Path(__file__).parents[1] / "studies" / "quickstart.py")
-    assert study.finetune.data == "synthetic-faces" and study.pretext.data == "synthetic-faces"
+    assert study.finetune.data == "synthetic-faces" and study.pretext.data == ("synthetic-faces",)
     assert len(study.grid_points()) == 4
 
 

@@ -2,6 +2,8 @@
 
 from __future__ import annotations
 
+import dataclasses
+import json
 import logging
 import math
 import time
@@ -13,7 +15,7 @@ import pytest
 import torch
 from mlflow_server import free_port, mlflow_server
 
-from occstudy.evaluate import ProtocolResult
+from occstudy.evaluate import ProtocolResult, summarize
 from occstudy.tracking import (
     RunRef,
     StudyTracker,
@@ -182,10 +184,15 @@ def test_results_masks_checkpoint(
     store: tuple[str, Path], tracker: StudyTracker, parent: RunRef, tmp_path: Path
 ) -> None:
     run = _trial(tracker, parent, "t-r", 4)
+    # By region: 1 of 4 mouth images and 4 of 6 eyewear images right (overall 5 / 10).
+    occ_result = dataclasses.replace(
+        _result("occlusion-ferplus", 0.5),
+        regions={"mouth": {"n": 4.0, "acc": 0.25}, "eyewear": {"n": 6.0, "acc": 4 / 6}},
+    )
     results = {
         "clean": _result("clean", 0.7),
         "r16": _result("r16", 0.6, mask_iou=0.4),
-        "occlusion-ferplus": _result("occlusion-ferplus", 0.5).to_dict(),
+        "occlusion-ferplus": occ_result.to_dict(),
     }
     log_results(run, results)
     g = torch.Generator().manual_seed(0)
@@ -205,12 +212,21 @@ def test_results_masks_checkpoint(
     assert metrics["test.r16.macro_f1"] == pytest.approx(0.5)
     assert metrics["test.r16.mask_iou"] == pytest.approx(0.4)
     assert "test.clean.mask_iou" not in metrics
+    assert metrics["test.occlusion-ferplus.region.mouth.acc"] == pytest.approx(0.25)
+    assert metrics["test.occlusion-ferplus.region.eyewear.n"] == 6.0
+    assert not any(".region." in k for k in metrics if not k.startswith("test.occlusion"))
+    # The same names as evaluate.summarize (what Tune and the runner's trial rows see).
+    region_keys = {k for k in metrics if ".region." in k}
+    summary = summarize({"occlusion-ferplus": occ_result})
+    assert region_keys == {k for k in summary if ".region." in k}
 
     art = _artifact_dir(store[0], run)
     for p in results:
         assert (art / "confusion" / f"{p}.png").read_bytes()[:8] == PNG_MAGIC
         doc = (art / "confusion" / f"{p}.json").read_text()
         assert '"matrix"' in doc and '"label_space": "synthetic-7"' in doc
+    occ = json.loads((art / "confusion" / "occlusion-ferplus.json").read_text())
+    assert occ["regions"] == occ_result.regions
     assert (art / "masks" / "masks.png").read_bytes()[:8] == PNG_MAGIC
     assert (art / "masks" / "rgb.png").read_bytes()[:8] == PNG_MAGIC
     assert (art / "checkpoints" / "best.pt").is_file()

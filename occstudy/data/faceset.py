@@ -24,6 +24,10 @@ class FaceSet:
             ``"none"``.
         paths: Source file of each image (for messages); ``()`` when generated.
         groups: int64 ``(N,)`` grouping id (CK+ subject, occlusion region) or ``None``.
+        group_names: Name of each group id (``group_names[g]`` names ``groups == g``) when the
+            groups are categories worth reporting separately (the occluded face region of
+            Occlusion-FERPlus); ``()`` when they are not (CK+ subjects) or there are none.
+            :func:`occstudy.evaluate.evaluate` breaks accuracy down by group only when set.
     """
 
     images: torch.Tensor
@@ -33,6 +37,7 @@ class FaceSet:
     label_space: str
     paths: tuple[str, ...] = ()
     groups: torch.Tensor | None = None
+    group_names: tuple[str, ...] = ()
 
     def __post_init__(self) -> None:
         imgs, labels = self.images, self.labels
@@ -61,6 +66,15 @@ class FaceSet:
             self.groups.dtype != torch.int64 or self.groups.shape != (n,)
         ):
             raise DataError(f"FaceSet {self.name!r}: groups must be int64 ({n},)")
+        if self.group_names:
+            if self.groups is None:
+                raise DataError(f"FaceSet {self.name!r}: group_names given without groups")
+            lo, hi = (int(self.groups.min()), int(self.groups.max())) if n else (0, 0)
+            if lo < 0 or hi >= len(self.group_names):
+                raise DataError(
+                    f"FaceSet {self.name!r}: groups in [{lo}, {hi}] do not index "
+                    f"{len(self.group_names)} group names"
+                )
 
     def __len__(self) -> int:
         return int(self.images.shape[0])
@@ -109,6 +123,7 @@ class FaceSet:
             label_space=self.label_space,
             paths=paths,
             groups=None if self.groups is None else self.groups[idx],
+            group_names=self.group_names,
         )
 
     def class_counts(self) -> dict[str, int]:
@@ -171,6 +186,9 @@ class FaceSet:
         groups = None
         if self.groups is not None and other.groups is not None:
             groups = torch.cat([self.groups, other.groups])
+        # Names only survive when both sides mean the same thing by each group id.
+        same_names = groups is not None and self.group_names == other.group_names
+        group_names = self.group_names if same_names else ()
         paths = self.paths + other.paths if self.paths and other.paths else ()
         return FaceSet(
             images=torch.cat([self.images, other.images]),
@@ -180,4 +198,5 @@ class FaceSet:
             label_space=self.label_space,
             paths=paths,
             groups=groups,
+            group_names=group_names,
         )

@@ -22,8 +22,9 @@ Option ``classes``: 8 (default, label space ``ferplus-8``) or 7 (contempt images
 ``occlusion-ferplus`` / ``pose-ferplus``: the published lists applied to
 ``ferplus/FER2013Test/*.png``. ``root`` holds ``ferplus/`` and ``challenge-lists/``; options
 ``list_file`` and ``ferplus_root`` override. Occlusion list lines are
-``<labelidx>_ferNNNNNNN.png 8 <k>``; the undocumented ``k`` (seemingly the occlusion region:
-0 eyes, 1 mouth, 2 cheeks/hands, 3 eyewear; unverified) is kept as ``groups``. Pose lines are
+``<labelidx>_ferNNNNNNN.png 8 <k>``; the undocumented ``k`` (seemingly the occluded region, see
+:data:`OCCLUSION_REGIONS`; unverified) is kept as ``groups``, its names as ``group_names``, so
+tests report accuracy per region. Pose lines are
 ``<labelidx>/ferNNNNNNN.jpg`` (the images are the PNGs of the same stem). Option ``labels``:
 ``"ferplus"`` (default: the list prefix, a FER+ class index, label space ``ferplus-8``) or
 ``"fer2013"`` (the original FER2013 label, label space ``fer2013-7``, so FER2013-trained
@@ -198,6 +199,13 @@ POSE_OPTIONS: dict[str, Any] = {
     "map_file": None,
 }
 OCC_LIST = "FERplus_dir_jianfei_occlusion_list.txt"
+#: Occlusion-FERPlus third column ``k`` -> name of the occluded region. UNVERIFIED: the column
+#: is undocumented upstream (kaiwang960112/Challenge-condition-FER-dataset); these names come
+#: from looking at samples (12 random images per value agreed): 0 hand, hair or headwear over
+#: the forehead and eyes (70 images), 1 hand or object over the mouth (138), 2 hands on the
+#: cheeks or sides of the face (213), 3 glasses or sunglasses (184). Metric names use them
+#: (``test.occlusion-ferplus.region.<name>.acc``), so renaming one renames the metric.
+OCCLUSION_REGIONS: dict[int, str] = {0: "upper-face", 1: "mouth", 2: "cheek-hand", 3: "eyewear"}
 POSE_LISTS = {
     "pose30": "FERplus_dir_pose_30_ferplus_list.txt",
     "pose45": "FERplus_dir_pose_45_ferplus_list.txt",
@@ -330,6 +338,15 @@ def challenge_index(root: Path | None, dataset: str, split: str, opts: dict[str,
         classes, label_space = EMOTIONS7, "fer2013-7"
     else:
         classes, label_space = EMOTIONS, "ferplus-8"
+    group_names: tuple[str, ...] = ()
+    if dataset == OCC_NAME:
+        unknown = sorted(set(groups) - set(OCCLUSION_REGIONS))
+        if unknown:
+            # Another list (option list_file) may use other codes: keep them as groups, but
+            # do not guess names for them (no per-region results).
+            notes.append(f"third column values {unknown} are not known regions: no region names")
+        else:
+            group_names = tuple(OCCLUSION_REGIONS[k] for k in range(len(OCCLUSION_REGIONS)))
     return Index(
         name=f"{dataset}:{split}",
         classes=classes,
@@ -337,6 +354,7 @@ def challenge_index(root: Path | None, dataset: str, split: str, opts: dict[str,
         paths=paths,
         labels=labels,
         groups=groups if dataset == OCC_NAME else None,
+        group_names=group_names,
         extra_files=extra,
         notes=notes,
     )

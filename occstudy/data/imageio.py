@@ -9,6 +9,7 @@ mtimes) of every file read, so editing, adding or touching a file invalidates it
 
 from __future__ import annotations
 
+import dataclasses
 import hashlib
 import json
 import os
@@ -44,6 +45,8 @@ class Index:
         paths: Image files, one per sample.
         labels: Label index per sample (``-1`` when unlabelled).
         groups: Group id per sample, or ``None``.
+        group_names: Name per group id when the groups are reportable categories (see
+            :attr:`FaceSet.group_names`), else ``()``.
         boxes: Optional face box per sample (crop before resizing).
         extra_files: Annotation files the index was built from (part of the cache key).
         notes: Human-readable remarks for check reports (e.g. how many rows were dropped).
@@ -55,6 +58,7 @@ class Index:
     paths: list[Path]
     labels: list[int]
     groups: list[int] | None = None
+    group_names: tuple[str, ...] = ()
     boxes: list[Box | None] | None = None
     extra_files: list[Path] = field(default_factory=list)
     notes: list[str] = field(default_factory=list)
@@ -194,6 +198,7 @@ def faceset_from_index(index: Index, image_size: int | None, channels: int) -> F
         label_space=index.label_space,
         paths=tuple(str(p) for p in index.paths),
         groups=None if index.groups is None else torch.tensor(index.groups, dtype=torch.int64),
+        group_names=tuple(index.group_names),
     )
 
 
@@ -275,6 +280,8 @@ def cached_faceset(
                 label_space=blob["label_space"],
                 paths=tuple(blob["paths"]),
                 groups=blob["groups"],
+                # Entries written before group names existed lack the key.
+                group_names=tuple(blob.get("group_names", ())),
             )
         except Exception:  # noqa: BLE001 - a damaged cache entry is rebuilt, never fatal
             pass
@@ -287,6 +294,7 @@ def cached_faceset(
         "label_space": fs.label_space,
         "paths": list(fs.paths),
         "groups": fs.groups,
+        "group_names": list(fs.group_names),
     }
     try:
         folder.mkdir(parents=True, exist_ok=True)
@@ -323,4 +331,11 @@ def load_index_cached(
         "options": options,
     }
     files = [*index.paths, *index.extra_files]
-    return cached_faceset(key, files, root, lambda: faceset_from_index(index, image_size, channels))
+    fs = cached_faceset(key, files, root, lambda: faceset_from_index(index, image_size, channels))
+    names = tuple(index.group_names)
+    if fs.group_names != names:
+        # Group names are the loader's reading of its annotations, not decoded content: the
+        # index (always rebuilt) wins over a cache entry written before the names existed or
+        # changed, so no cached pixels need decoding again.
+        fs = dataclasses.replace(fs, group_names=names)
+    return fs

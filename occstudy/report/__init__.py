@@ -49,6 +49,7 @@ from occstudy.report.tables import (
     excluded_trials,
     label_efficiency,
     lambda_sensitivity,
+    region_tables,
     search_best,
     select_trials,
     settings_of,
@@ -261,6 +262,7 @@ def compute_report(
         ablation_table(selected, s, variants, columns) for s in _main_first(settings, main)
     )
     comparisons = tuple(significance(t) for t in tables)
+    regions = region_tables(selected, tables, trials, info)
     le = label_efficiency(selected, main, variants, columns) if main is not None else None
     lam = lambda_sensitivity(trials, selected, main, info, columns)
     params = varying_params(trials)
@@ -274,6 +276,7 @@ def compute_report(
         columns=columns,
         tables=tables,
         comparisons=comparisons,
+        region_tables=regions,
         main=main,
         label_efficiency=le,
         lam=lam,

@@ -15,7 +15,7 @@ import tempfile
 import urllib.parse
 from collections.abc import Iterable, Mapping, Sequence
 from concurrent.futures import ThreadPoolExecutor
-from dataclasses import dataclass
+from dataclasses import dataclass, field
 from pathlib import Path
 from typing import TYPE_CHECKING, Any
 from urllib.request import url2pathname
@@ -44,6 +44,8 @@ MLFLOW_PARAMS: dict[str, str] = {
     "lr": "lr",
     "pretext_lr": "pretext_lr",
 }
+#: Categorical study parameters, kept as text (MLflow param of the same name).
+CATEGORICAL_PARAMS: tuple[str, ...] = ("arch",)
 
 
 class ReportError(RuntimeError):
@@ -90,6 +92,7 @@ class TrialRecord:
         start_time: Start, ms since the epoch.
         artifact_uri: Root of the run's artifacts.
         cache_key: Key of the pretext result the trial started from (None for ``none``).
+        choices: Categorical method parameters by study name (``arch``).
     """
 
     run_id: str
@@ -109,6 +112,7 @@ class TrialRecord:
     start_time: int
     artifact_uri: str
     cache_key: str | None = None
+    choices: Mapping[str, str] = field(default_factory=dict)
 
     @property
     def unit(self) -> str:
@@ -207,6 +211,7 @@ def _trial(run: Run) -> TrialRecord:
         start_time=int(run.info.start_time or 0),
         artifact_uri=run.info.artifact_uri or "",
         cache_key=tags.get("cache_key") or None,
+        choices={name: params[name] for name in CATEGORICAL_PARAMS if params.get(name)},
     )
 
 

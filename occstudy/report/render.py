@@ -35,6 +35,7 @@ from occstudy.report.tables import (
     Excluded,
     LabelEfficiency,
     LambdaSensitivity,
+    RegionTable,
     SearchBest,
     Setting,
     StudyInfo,
@@ -109,6 +110,8 @@ class Report:
         excluded: Trials not in the statistics.
         trials: Every trial covered.
         selected: Run ids of the trials the tables use.
+        region_tables: Accuracy per occluded region of the real-occlusion sets, grouped by
+            ablation table (none when no set was tested per region).
         figures: Figures, in page order.
         confusions: Confusion matrices of the main setting, summed per variant and column.
         notes: Section id -> remarks (what could not be drawn and why).
@@ -131,6 +134,7 @@ class Report:
     excluded: tuple[Excluded, ...]
     trials: tuple[TrialRecord, ...]
     selected: frozenset[str]
+    region_tables: tuple[RegionTable, ...] = ()
     figures: tuple[ReportFigure, ...] = ()
     confusions: tuple[ConfusionSum, ...] = ()
     notes: Mapping[str, tuple[str, ...]] = field(default_factory=dict)
@@ -234,7 +238,8 @@ def _summary_cell(s: Summary | None, best: bool, units: Sequence[str] = ()) -> C
     )
 
 
-def _ablation_view(table: AblationTable, index: int) -> TableView:
+def _variant_rows(table: AblationTable) -> tuple[tuple[CellView, ...], ...]:
+    """One row per variant: its name, then a summary cell per column."""
     rows = []
     for v in table.variants:
         row = [CellView(v, cls="rowhead")]
@@ -242,6 +247,11 @@ def _ablation_view(table: AblationTable, index: int) -> TableView:
             cell = table.cell(v, c)
             row.append(_summary_cell(cell.summary, cell.best, cell.units))
         rows.append(tuple(row))
+    return tuple(rows)
+
+
+def _ablation_view(table: AblationTable, index: int) -> TableView:
+    rows = _variant_rows(table)
     n_text = (
         f"n = {table.max_n}"
         if table.min_n == table.max_n
@@ -258,7 +268,41 @@ def _ablation_view(table: AblationTable, index: int) -> TableView:
         id=f"ablation-{index}",
         caption=f"Ablation: {table.setting.label}",
         header=("variant", *(c.label for c in table.columns)),
-        rows=tuple(rows),
+        rows=rows,
+        note=note,
+    )
+
+
+def _images_text(counts: Sequence[int]) -> str:
+    if not counts:
+        return ""
+    shown = str(counts[0]) if len(counts) == 1 else f"{counts[0]}–{counts[-1]}"
+    return f" ({shown} images)"
+
+
+def _region_view(rt: RegionTable, index: int) -> TableView:
+    """A region table: the set's overall accuracy, then one column per occluded region."""
+    table = rt.table
+    header = (
+        "variant",
+        "all regions",
+        *(f"{c.region}{_images_text(rt.images.get(c, ()))}" for c in rt.regions),
+    )
+    note = (
+        f"Test accuracy (%) on the {rt.real.base} images of each occluded region, mean ± "
+        f"half-width of the {100 * LEVEL:g} % t confidence interval over replication units (n "
+        "per cell), from the same trials and predictions as the ablation table; all regions = "
+        "its column. Regions as the loader names them (Occlusion-FERPlus: the list's "
+        "undocumented third column, names read off samples, unverified). Bold: best mean of "
+        "the column. Descriptive only: these columns are not tested (the ablation table's "
+        "tests and their Holm correction are unchanged), and a region holds few images, so "
+        "one run's accuracy on it is coarse."
+    )
+    return TableView(
+        id=f"regions-{index}",
+        caption=f"By occluded region: {rt.real.label}, {table.setting.label}",
+        header=header,
+        rows=_variant_rows(table),
         note=note,
     )
 
@@ -405,6 +449,13 @@ def _ablation_sections(report: Report) -> list[Section]:
     tables = []
     for i, table in enumerate(report.tables):
         tables.append(_ablation_view(table, i))
+        # Each setting's region tables right under its ablation table: the overall real-
+        # occlusion number and its breakdown are read together.
+        tables += [
+            _region_view(rt, j)
+            for j, rt in enumerate(report.region_tables)
+            if rt.table.setting == table.setting
+        ]
     paragraphs = list(_method_paragraphs(report))
     if not report.tables:
         paragraphs.insert(0, "No trial has finished with test results yet.")
@@ -931,28 +982,35 @@ def _curves_json(curves: Sequence[Curve]) -> list[dict[str, Any]]:
 
 
 def _cell_rows(report: Report) -> list[dict[str, Any]]:
+    """Every ablation cell, then every region cell (protocol ``<set>.region.<region>``; the
+    region tables' overall column is the ablation table's and is not repeated)."""
+    cells = [(table, cell) for table in report.tables for cell in table.cells.values()] + [
+        (rt.table, cell)
+        for rt in report.region_tables
+        for cell in rt.table.cells.values()
+        if cell.column.region is not None
+    ]
     rows = []
-    for table in report.tables:
-        for (variant, column), cell in table.cells.items():
-            s = cell.summary
-            rows.append(
-                {
-                    "setting": table.setting.label,
-                    "label_fraction": table.setting.label_fraction,
-                    "grid": json.dumps(dict(table.setting.grid)),
-                    "variant": variant,
-                    "dataset": column.dataset,
-                    "protocol": column.protocol,
-                    "n": 0 if s is None else s.n,
-                    "mean": None if s is None else s.mean,
-                    "sd": None if s is None else s.sd,
-                    "ci_low": None if s is None else s.low,
-                    "ci_high": None if s is None else s.high,
-                    "best": cell.best,
-                    "units": " ".join(cell.units),
-                    "values": "" if s is None else " ".join(repr(v) for v in s.values),
-                }
-            )
+    for table, cell in cells:
+        s = cell.summary
+        rows.append(
+            {
+                "setting": table.setting.label,
+                "label_fraction": table.setting.label_fraction,
+                "grid": json.dumps(dict(table.setting.grid)),
+                "variant": cell.variant,
+                "dataset": cell.column.dataset,
+                "protocol": cell.column.protocol,
+                "n": 0 if s is None else s.n,
+                "mean": None if s is None else s.mean,
+                "sd": None if s is None else s.sd,
+                "ci_low": None if s is None else s.low,
+                "ci_high": None if s is None else s.high,
+                "best": cell.best,
+                "units": " ".join(cell.units),
+                "values": "" if s is None else " ".join(repr(v) for v in s.values),
+            }
+        )
     return rows
 
 
@@ -1048,6 +1106,23 @@ def report_json(report: Report) -> dict[str, Any]:
         "counts": dataclasses.asdict(report.counts),
         "main_setting": None if report.main is None else report.main.label,
         "cells": _cell_rows(report),
+        # Which cells form each region table (the cells themselves are under "cells").
+        "region_tables": [
+            {
+                "setting": rt.table.setting.label,
+                "dataset": rt.real.dataset,
+                "protocol": rt.real.protocol,
+                "regions": [
+                    {
+                        "region": c.region,
+                        "protocol": c.protocol,
+                        "images": list(rt.images.get(c, ())),
+                    }
+                    for c in rt.regions
+                ],
+            }
+            for rt in report.region_tables
+        ],
         "comparisons": _comparison_rows_raw(report),
         "label_efficiency": None
         if le is None

@@ -15,6 +15,10 @@ A *setting* is everything a table holds fixed: the label fraction and the values
 parameters (e.g. λ in a λ grid). Each setting gets its own ablation table; the *main* setting
 (most trials; then the largest label fraction) drives the robustness curve and the confusion
 matrices.
+
+A real-occlusion set tested per occluded region (``test.<set>.region.<region>.acc``) gets a
+*region table* per setting beside its ablation table: the set's overall column, then one column
+per region, from the same selected trials (:func:`region_tables`).
 """
 
 from __future__ import annotations
@@ -30,6 +34,7 @@ from occstudy.report.stats import ALPHA, PairedTest, Summary, holm, paired_test,
 
 __all__ = [
     "REFERENCE_VARIANTS",
+    "REGION_SEP",
     "AblationTable",
     "Cell",
     "Column",
@@ -39,6 +44,7 @@ __all__ = [
     "Excluded",
     "LabelEfficiency",
     "LambdaSensitivity",
+    "RegionTable",
     "SearchBest",
     "Setting",
     "StudyInfo",
@@ -49,6 +55,7 @@ __all__ = [
     "label_efficiency",
     "lambda_sensitivity",
     "objective",
+    "region_tables",
     "search_best",
     "select_trials",
     "settings_of",
@@ -63,8 +70,8 @@ PROTOCOL_ORDER: tuple[str, ...] = ("clean", "r8", "r16", "r24", "eye", "mouth", 
 _SYMBOLS = {"lam": "λ", "tau": "τ", "lr": "lr", "pretext_lr": "pretext lr"}
 
 
-def _fmt_number(value: float) -> str:
-    return f"{value:.6g}"
+def _fmt_number(value: float | str) -> str:
+    return value if isinstance(value, str) else f"{value:.6g}"
 
 
 @dataclass(frozen=True)
@@ -101,7 +108,7 @@ class StudyInfo:
     protocols: tuple[str, ...] = ("clean",)
     real: tuple[str, ...] = ()
     real_specs: tuple[str, ...] = ()
-    grid: Mapping[str, tuple[float, ...]] = field(default_factory=dict)
+    grid: Mapping[str, tuple[float | str, ...]] = field(default_factory=dict)
     sampled: Mapping[str, tuple[float, float, bool]] = field(default_factory=dict)
     fixed: Mapping[str, float] = field(default_factory=dict)
     algorithm: str = "grid"
@@ -117,7 +124,7 @@ class StudyInfo:
         from occstudy.pipeline import DataRef
         from occstudy.study.spec import Fixed, Grid, LogUniform, Uniform
 
-        grid: dict[str, tuple[float, ...]] = {}
+        grid: dict[str, tuple[float | str, ...]] = {}
         sampled: dict[str, tuple[float, float, bool]] = {}
         fixed: dict[str, float] = {}
         for name, param in study.search_space.items():
@@ -125,7 +132,7 @@ class StudyInfo:
                 grid[name] = tuple(param.values)
             elif isinstance(param, Uniform | LogUniform):
                 sampled[name] = (param.low, param.high, isinstance(param, LogUniform))
-            elif isinstance(param, Fixed):
+            elif isinstance(param, Fixed) and not isinstance(param.value, str):
                 fixed[name] = param.value
         expected = len(study.grid_points()) * (study.search.num_samples if sampled else 1)
         return cls(
@@ -150,15 +157,39 @@ class StudyInfo:
         )
 
 
+#: Separates a real-occlusion set from one of its regions in a protocol name: the metric
+#: ``test.occlusion-ferplus.region.mouth.acc`` (see :func:`occstudy.evaluate.summarize`) is
+#: protocol ``occlusion-ferplus.region.mouth``.
+REGION_SEP = ".region."
+
+
 @dataclass(frozen=True, order=True)
 class Column:
-    """A column of the ablation table: one test protocol of one fine-tune dataset."""
+    """A column of the ablation table: one test protocol of one fine-tune dataset.
+
+    A *region column* (protocol ``<set>.region.<region>``) holds the accuracy on the images of
+    one occluded region of a real-occlusion set; it goes into that set's region table, not into
+    the ablation table.
+    """
 
     dataset: str
     protocol: str
 
     @property
+    def base(self) -> str:
+        """The protocol without its region: the real-occlusion set of a region column."""
+        return self.protocol.partition(REGION_SEP)[0]
+
+    @property
+    def region(self) -> str | None:
+        """The occluded region of a region column, else None."""
+        _, sep, region = self.protocol.partition(REGION_SEP)
+        return region if sep and region else None
+
+    @property
     def label(self) -> str:
+        if self.region is not None:
+            return f"{self.dataset} · {self.base} · {self.region}"
         return f"{self.dataset} · {self.protocol}"
 
 
@@ -167,7 +198,7 @@ class Setting:
     """What one ablation table holds fixed: label fraction and gridded parameter values."""
 
     label_fraction: float | None
-    grid: tuple[tuple[str, float | None], ...] = ()
+    grid: tuple[tuple[str, float | str | None], ...] = ()
 
     @property
     def label(self) -> str:
@@ -182,7 +213,12 @@ class Setting:
 
 def setting_of(trial: TrialRecord, info: StudyInfo) -> Setting:
     """The setting a trial belongs to."""
-    return Setting(trial.label_fraction, tuple((p, trial.params.get(p)) for p in info.grid))
+    return Setting(
+        trial.label_fraction,
+        tuple(
+            (p, trial.params[p] if p in trial.params else trial.choices.get(p)) for p in info.grid
+        ),
+    )
 
 
 def objective(trial: TrialRecord, info: StudyInfo) -> float | None:
@@ -249,10 +285,19 @@ def settings_of(
 
 def columns_of(trials: Iterable[TrialRecord], info: StudyInfo) -> tuple[Column, ...]:
     """Dataset x protocol columns with at least one result: the study's protocols in
-    :data:`PROTOCOL_ORDER`, then its real-occlusion sets, then anything else found."""
+    :data:`PROTOCOL_ORDER`, then its real-occlusion sets, then anything else found. Region
+    columns are left out (see :func:`region_tables`)."""
     found = {Column(t.dataset, p) for t in trials if t.complete for p in t.acc}
+    return _ordered((c for c in found if c.region is None), info)
+
+
+def _ordered(columns: Iterable[Column], info: StudyInfo) -> tuple[Column, ...]:
+    """Columns by dataset, then protocol order (a region column right after its set, regions
+    by name: their metric names carry no group id to order by)."""
     order = {p: i for i, p in enumerate((*PROTOCOL_ORDER, *info.protocols, *info.real))}
-    return tuple(sorted(found, key=lambda c: (c.dataset, order.get(c.protocol, 999), c.protocol)))
+    return tuple(
+        sorted(columns, key=lambda c: (c.dataset, order.get(c.base, 999), c.base, c.region or ""))
+    )
 
 
 @dataclass(frozen=True)
@@ -353,6 +398,75 @@ def ablation_table(
             )
             cells[(v, c)] = Cell(cell.variant, c, cell.units, cell.summary, best, cell.trials)
     return AblationTable(setting, tuple(variants), tuple(columns), cells)
+
+
+@dataclass(frozen=True)
+class RegionTable:
+    """Accuracy per occluded region of one real-occlusion set, for one setting.
+
+    Kept apart from the ablation table so that the region columns neither widen it nor join
+    its family of paired tests (their Holm correction would then weaken every other column's
+    test); the cells are descriptive.
+
+    Attributes:
+        real: The set's overall column (``fer2013 · occlusion-ferplus``).
+        table: Rows = variants; columns = ``real``, then one region column per region.
+        images: Region column -> the distinct numbers of test images the trials logged for it
+            (one value unless trials used different label spaces).
+    """
+
+    real: Column
+    table: AblationTable
+    images: Mapping[Column, tuple[int, ...]]
+
+    @property
+    def regions(self) -> tuple[Column, ...]:
+        """The region columns, in table order."""
+        return self.table.columns[1:]
+
+
+def region_tables(
+    selected: Mapping[tuple[Setting, str, str], TrialRecord],
+    tables: Sequence[AblationTable],
+    trials: Iterable[TrialRecord],
+    info: StudyInfo,
+) -> tuple[RegionTable, ...]:
+    """One region table per ablation table and real-occlusion set with region results.
+
+    The region accuracies come from the same ``test.<protocol>.acc`` metrics and the same
+    selected trials as the ablation table's cells, so a region cell and the set's overall cell
+    always describe the same trials.
+
+    Args:
+        selected: The selected trials (see :func:`select_trials`).
+        tables: The ablation tables; their settings and variants are reused, in their order.
+        trials: Every trial (to find the region columns).
+        info: The study (column order).
+
+    Returns:
+        The tables, grouped by ablation table; a setting without any region value has none.
+    """
+    found = {Column(t.dataset, p) for t in trials if t.complete for p in t.acc}
+    by_real: dict[Column, list[Column]] = defaultdict(list)
+    for c in _ordered((c for c in found if c.region is not None), info):
+        by_real[Column(c.dataset, c.base)].append(c)
+    out = []
+    for main in tables:
+        for real, regions in by_real.items():
+            table = ablation_table(selected, main.setting, main.variants, (real, *regions))
+            if all(table.cell(v, c).summary is None for v in table.variants for c in regions):
+                continue
+            images: dict[Column, tuple[int, ...]] = {}
+            for c in regions:
+                counts = {
+                    int(n)
+                    for (s, _, _), t in selected.items()
+                    if s == main.setting and t.dataset == c.dataset
+                    if (n := t.metrics.get(f"test.{c.protocol}.n")) is not None and math.isfinite(n)
+                }
+                images[c] = tuple(sorted(counts))
+            out.append(RegionTable(real, table, images))
+    return tuple(out)
 
 
 @dataclass(frozen=True)
@@ -598,8 +712,8 @@ def lambda_sensitivity(
         grid = dict(s.grid)
         lam = grid.get("lam")
         same_rest = all(v == main_grid.get(k) for k, v in grid.items() if k != "lam")
-        if lam is not None and s.label_fraction == main.label_fraction and same_rest:
-            settings[lam] = s
+        if isinstance(lam, float | int) and s.label_fraction == main.label_fraction and same_rest:
+            settings[float(lam)] = s
     curves = _curves(selected, settings, info.variants, columns)
     return LambdaSensitivity(
         "grid",

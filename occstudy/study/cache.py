@@ -22,7 +22,7 @@ from typing import Any
 
 import torch
 
-from occstudy.pipeline import MethodConfig
+from occstudy.pipeline import MethodConfig, pretext_source_label
 from occstudy.train import load_checkpoint
 
 RESULT_FILE = "pretext.pt"
@@ -35,12 +35,14 @@ IRRELEVANT: dict[str, tuple[str, ...]] = {"ss": ("lam",), "mask": ("lam", "tau")
 
 
 def pretext_cache_key(config: MethodConfig, data_fingerprint: str) -> str:
-    """Key of a pretext result: settings it depends on + data fingerprint + seed."""
+    """Key of a pretext result: settings it depends on + every pretext source, in order + data
+    fingerprint + seed."""
     key = dict(config.pretext_key())
     for name in IRRELEVANT[config.variant]:
         key.pop(name)
-    # The folder's path is not part of the identity: the data fingerprint is.
-    key.pop("pretext_data")
+    # Sources by kind and name, not path: the same faces moved elsewhere keep their entry (the
+    # data fingerprint identifies the content).
+    key["pretext_data"] = [pretext_source_label(s) for s in config.pretext_data]
     key["data"] = data_fingerprint
     blob = json.dumps(key, sort_keys=True, default=str).encode()
     return f"{config.variant.replace('+', '-')}-{hashlib.sha256(blob).hexdigest()[:16]}"

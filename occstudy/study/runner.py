@@ -28,7 +28,7 @@ from pathlib import Path
 from typing import Any
 
 from occstudy import tracking
-from occstudy.pipeline import SYNTHETIC, MethodConfig, load_pretext_data
+from occstudy.pipeline import MethodConfig, load_pretext_data, pretext_data_settings
 from occstudy.study.cache import PretextCache, pretext_cache_key
 from occstudy.study.spec import Grid, LogUniform, Study
 from occstudy.study.worker import (
@@ -146,17 +146,9 @@ class StudyContext:
 
 def pretext_data_id(config: MethodConfig) -> str:
     """The settings that decide which unlabelled faces a pretext stage sees (not the variant
-    or the loss settings): equal ids, equal data fingerprints."""
-    return json.dumps(
-        [
-            config.pretext_data,
-            config.image_size,
-            config.in_chans,
-            config.pretext_limit,
-            config.synthetic_size if config.pretext_data == SYNTHETIC else None,
-            config.seed if config.pretext_data == SYNTHETIC else None,
-        ]
-    )
+    or the loss settings): every source in order, the sizes, the cap and the validation/test
+    sets whose duplicates are dropped. Equal ids, equal data fingerprints."""
+    return json.dumps(pretext_data_settings(config), sort_keys=True)
 
 
 def _artifact_root(ctx: StudyContext) -> str | None:
@@ -184,12 +176,21 @@ def method_params(config: MethodConfig) -> dict[str, Any]:
         "pretext_lr": config.pretext_lr,
         "label_fraction": config.label_fraction,
         "dataset": str(config.data),
-        "pretext_data": config.pretext_data,
+        "pretext_data": ",".join(config.pretext_data),
         "epochs": config.epochs,
         "pretext_epochs": config.pretext_epochs,
         "batch_size": config.batch_size,
         "image_size": config.image_size,
+        "recipe": config.recipe,
+        "arch": config.arch,
         "stem": config.stem,
+        "optimizer": config.optimizer,
+        "weight_decay": config.weight_decay,
+        "schedule": config.schedule,
+        "warmup_epochs": config.warmup_epochs,
+        "label_smoothing": config.label_smoothing,
+        "augment": config.augment,
+        "tta_flip": config.tta_flip,
         "pretext_policy": config.pretext_policy,
         "finetune_policy": config.finetune_policy,
         "balanced": config.balanced,
@@ -250,6 +251,7 @@ def _train_pretext_loop(cfg: dict[str, Any]) -> None:
     import ray.train
 
     task: PretextTask = cfg["task"]
+    use_assigned_cpus()
     runtime = _worker_runtime()
     _tag_placement(task.run, runtime)
     pretext_worker(task, runtime, lambda m, e: ray.train.report(dict(m)))
@@ -272,6 +274,7 @@ def _train_finetune_loop(cfg: dict[str, Any]) -> None:
     import ray.train
 
     task: FinetuneTask = cfg["task"]
+    use_assigned_cpus()
     runtime = _worker_runtime()
     _tag_placement(task.run, runtime)
     report = _report_all_but_last_epoch(ray.train.report, task.config.epochs)
@@ -291,7 +294,7 @@ def _fit_torch_trainer(
 
     res = ctx.study.resources
     use_gpu = res.gpus_per_worker > 0
-    per_worker: dict[str, float] = {"CPU": float(res.cpus_per_worker)}
+    per_worker: dict[str, float] = {"CPU": float(res.cpus)}
     if use_gpu:
         per_worker["GPU"] = float(res.gpus_per_worker)
     callbacks: list[Any] = []
@@ -386,6 +389,7 @@ def pretext_trainable(
     from ray import tune
 
     task = tasks[config["key"]]
+    use_assigned_cpus()
     meta = ensure_pretext(task, ctx, lambda m, e: tune.report({**m, "epoch": e}))
     tune.report({"pretext_seconds": float(meta.get("seconds", 0.0)), "done": 1})
 
@@ -400,6 +404,7 @@ def finetune_trainable(config: dict[str, Any], ctx: StudyContext) -> None:
     from ray import tune
 
     study = ctx.study
+    use_assigned_cpus()
     point = _flat_point(config, study)
     mc = replace(study.method_config(point), device=ctx.device)
     name = study.trial_name(point)
@@ -732,6 +737,33 @@ def _fit(
 DRIVER_MEMORY = 512 * 2**20
 
 
+def resolve_resources(study: Study) -> Study:
+    """``study`` with ``Resources.cpus_per_worker`` decided for the connected Ray cluster
+    (see :class:`~occstudy.study.spec.Resources`): from its largest live node's CPUs."""
+    import ray
+
+    node_cpus = max(
+        (int(n["Resources"].get("CPU", 0)) for n in ray.nodes() if n.get("Alive")), default=1
+    )
+    resources = study.resources.resolved(node_cpus)
+    return study if resources == study.resources else replace(study, resources=resources)
+
+
+def use_assigned_cpus() -> int:
+    """Run torch with as many threads as CPUs Ray gave this trial or worker (at least 1).
+
+    Ray starts a trial's process with ``OMP_NUM_THREADS`` at its CPU count only in some
+    versions and settings; setting torch's intra-op threads here makes it explicit.
+    """
+    import ray
+    import torch
+
+    cpus = ray.get_runtime_context().get_assigned_resources().get("CPU", 0.0)
+    threads = max(1, int(cpus))
+    torch.set_num_threads(threads)
+    return threads
+
+
 def _trial_resources(study: Study) -> dict[str, float]:
     res = study.resources
     if res.use_ray_train:
@@ -739,7 +771,7 @@ def _trial_resources(study: Study) -> dict[str, float]:
         # rejects an all-zero request, so the trial reserves the memory its process uses
         # (Ray's logical "memory" resource) and no CPU, which a worker may need on its node.
         return {"CPU": 0, "memory": DRIVER_MEMORY}
-    out = {"CPU": float(res.cpus_per_worker)}
+    out = {"CPU": float(res.cpus)}
     if res.gpus_per_worker:
         out["GPU"] = float(res.gpus_per_worker)
     return out
@@ -776,6 +808,7 @@ def run_study(study: Study, options: RunOptions | None = None) -> StudyOutcome:
         with ray_session(
             options.address, options.num_cpus, needs_dashboard=study.resources.use_ray_train
         ):
+            ctx = replace(ctx, study=resolve_resources(study))
             _stage1(ctx, options, outcome, tasks)
             _stage2(ctx, options, outcome)
     except KeyboardInterrupt:
@@ -1045,11 +1078,13 @@ def ablation_rows(
             if p in ("variant", "seed", "label_fraction", "fold"):
                 continue
             if isinstance(study.search_space.get(p), Grid):
-                label_parts.append(f"{p}={value:g}")
+                label_parts.append(f"{p}={value}" if isinstance(value, str) else f"{p}={value:g}")
         label = ", ".join(label_parts)
         g = groups.setdefault(label, {})
         for k, v in row.metrics.items():
-            if k.startswith("test.") and k.endswith(".acc"):
+            # Per-region accuracies (test.<set>.region.<r>.acc) belong to the report's
+            # region tables, not to the protocol columns.
+            if k.startswith("test.") and k.endswith(".acc") and ".region." not in k:
                 proto = k[len("test.") : -len(".acc")]
                 if proto not in protocols:
                     protocols.append(proto)

@@ -30,7 +30,6 @@ from typing import Any, TypeAlias
 
 from occstudy.evaluate import SYNTHETIC_PROTOCOLS
 from occstudy.losses import VARIANTS
-from occstudy.models import STEMS
 from occstudy.occlusion import POLICIES
 from occstudy.pipeline import (
     DEFAULT_SPLITS,
@@ -38,7 +37,10 @@ from occstudy.pipeline import (
     SYNTHETIC,
     DataRef,
     MethodConfig,
+    pretext_source_problem,
+    pretext_source_ref,
 )
+from occstudy.recipes import ARCHS, STEMS, Recipe, get_recipe
 
 __all__ = [
     "ALGORITHMS",
@@ -62,10 +64,12 @@ __all__ = [
     "load_study",
 ]
 
-#: Searchable hyper-parameters of the method.
-PARAMS: tuple[str, ...] = ("lam", "tau", "lr", "pretext_lr")
+#: Searchable hyper-parameters of the method (``arch`` is categorical: Fixed or Grid of names).
+PARAMS: tuple[str, ...] = ("lam", "tau", "lr", "pretext_lr", "arch")
+#: Parameters whose values are names, not numbers.
+CATEGORICAL_PARAMS: dict[str, tuple[str, ...]] = {"arch": ARCHS}
 #: The parameters the pretext stage's result depends on (the runner's pretext cache key).
-PRETEXT_PARAMS: tuple[str, ...] = ("lam", "tau", "pretext_lr")
+PRETEXT_PARAMS: tuple[str, ...] = ("lam", "tau", "pretext_lr", "arch")
 #: ``grid`` enumerates; the others are Optuna samplers run through Ray Tune's OptunaSearch.
 ALGORITHMS: tuple[str, ...] = ("grid", "tpe", "random", "cmaes")
 SCHEDULERS: tuple[str, ...] = ("none", "asha")
@@ -75,6 +79,10 @@ FOLD_DATASETS: tuple[str, ...] = ("ckplus",)
 #: Variants without a pretext stage (their F starts from scratch).
 NO_PRETEXT_VARIANTS: tuple[str, ...] = ("none",)
 DATA_ENV = "OCCSTUDY_DATA"
+#: Most CPUs a worker takes when ``Resources.cpus_per_worker`` is left to the driver: past
+#: about 8 threads a ResNet step on 48 px faces stops getting faster, so larger nodes run
+#: several trials side by side instead.
+AUTO_MAX_CPUS = 8
 _NAME_RE = re.compile(r"[A-Za-z0-9_.-]+")
 
 
@@ -98,6 +106,15 @@ def _number(path: str, value: Any) -> float:
     if not math.isfinite(value):
         raise _err(path, value, "must be finite")
     return float(value)
+
+
+def _value(path: str, value: Any) -> float | str:
+    """A search-space value: a finite number, or a non-empty name (categorical params)."""
+    if isinstance(value, str):
+        if not value:
+            raise _err(path, value, "must be a non-empty name or a number")
+        return value
+    return _number(path, value)
 
 
 def _integer(path: str, value: Any, minimum: int) -> int:
@@ -145,33 +162,36 @@ def _set(obj: Any, name: str, value: Any) -> None:
 
 @dataclass(frozen=True)
 class Fixed:
-    """One value, the same in every trial."""
+    """One value, the same in every trial (a number, or a name for ``arch``)."""
 
-    value: float
+    value: float | str
 
     def __post_init__(self) -> None:
-        _set(self, "value", _number("Fixed.value", self.value))
+        _set(self, "value", _value("Fixed.value", self.value))
 
-    def bounds(self) -> tuple[float, float]:
+    def bounds(self) -> tuple[Any, Any]:
         return self.value, self.value
 
 
 @dataclass(frozen=True)
 class Grid:
-    """Values enumerated as a grid dimension (every value in every combination)."""
+    """Values enumerated as a grid dimension (every value in every combination): numbers, or
+    names for ``arch``."""
 
-    values: tuple[float, ...]
+    values: tuple[float | str, ...]
 
     def __post_init__(self) -> None:
         values = _tuple("Grid.values", self.values)
         if not values:
             raise StudyError("Grid.values: empty")
-        values = tuple(_number(f"Grid.values[{i}]", v) for i, v in enumerate(values))
+        values = tuple(_value(f"Grid.values[{i}]", v) for i, v in enumerate(values))
+        if len({type(v) for v in values}) > 1:
+            raise _err("Grid.values", values, "mixes names and numbers")
         _unique("Grid.values", values)
         _set(self, "values", values)
 
-    def bounds(self) -> tuple[float, float]:
-        return min(self.values), max(self.values)
+    def bounds(self) -> tuple[Any, Any]:
+        return min(self.values), max(self.values)  # type: ignore[type-var]
 
 
 def _check_range(obj: Any) -> None:
@@ -224,13 +244,23 @@ _PARAM_KINDS: dict[str, type[Fixed] | type[Grid] | type[Uniform] | type[LogUnifo
     "uniform": Uniform,
     "loguniform": LogUniform,
 }
-#: The paper's settings (λ = 0.2, τ = 2, Adam 1e-4 in both stages).
-DEFAULT_SEARCH_SPACE: dict[str, Param] = {
-    "lam": Fixed(0.2),
-    "tau": Fixed(2.0),
-    "lr": Fixed(1e-4),
-    "pretext_lr": Fixed(1e-4),
-}
+#: The paper's λ = 0.2 and τ = 2; the learning rates and ``arch`` default to the study's
+#: recipe (see :func:`default_search_space`).
+DEFAULT_SEARCH_SPACE: dict[str, Param] = {"lam": Fixed(0.2), "tau": Fixed(2.0)}
+
+
+def default_search_space(recipe: str | Recipe) -> dict[str, Param]:
+    """The search space a study starts from: λ and τ as in the paper, ``lr``, ``pretext_lr``
+    and ``arch`` from ``recipe``."""
+    r = get_recipe(recipe)
+    return {
+        **DEFAULT_SEARCH_SPACE,
+        "lr": Fixed(r.lr),
+        "pretext_lr": Fixed(r.pretext_lr),
+        "arch": Fixed(r.arch),
+    }
+
+
 # (lowest allowed value, whether the bound itself is allowed) per parameter.
 _PARAM_MIN: dict[str, tuple[float, bool]] = {
     "lam": (0.0, True),
@@ -318,21 +348,34 @@ class PretextSpec:
     """The pretext stage.
 
     Attributes:
-        data: ``synthetic-faces`` or a folder of unlabelled faces (searched recursively); the
-            folder must exist when the study has a pretext variant.
+        data: Sources of unlabelled faces, concatenated in order (a ``str`` is one source):
+            ``synthetic-faces``, a folder (searched recursively; it must exist when the study
+            has a pretext variant) or a labelled dataset ``NAME:ROOT[@SPLIT]`` whose labels are
+            ignored (its training split by default; validation/test splits are refused).
         epochs: Pretext epochs.
-        limit: Use at most this many unlabelled faces (None = all).
+        limit: Use at most this many unlabelled faces (None = all; several sources are capped
+            together by a seeded draw).
         policy: Occlusion policy (see :data:`occstudy.occlusion.POLICIES`).
     """
 
-    data: str = SYNTHETIC
+    data: tuple[str, ...] = (SYNTHETIC,)
     epochs: int = 1
     limit: int | None = None
     policy: str = "all"
 
     def __post_init__(self) -> None:
-        if not isinstance(self.data, str) or not self.data:
-            raise _err("PretextSpec.data", self.data, "must be 'synthetic-faces' or a folder")
+        data = (self.data,) if isinstance(self.data, str) else _tuple("PretextSpec.data", self.data)
+        if not data:
+            raise _err("PretextSpec.data", self.data, "must name at least one source")
+        for i, source in enumerate(data):
+            problem = pretext_source_problem(source)
+            if problem is not None:
+                raise _err(f"PretextSpec.data[{i}]", source, problem)
+            if source in data[:i]:
+                raise _err(
+                    f"PretextSpec.data[{i}]", source, f"duplicate of data[{data.index(source)}]"
+                )
+        _set(self, "data", data)
         _integer("PretextSpec.epochs", self.epochs, 1)
         _optional_integer("PretextSpec.limit", self.limit, 1)
         _choice("PretextSpec.policy", self.policy, POLICIES)
@@ -484,7 +527,12 @@ class Resources:
 
     Attributes:
         workers: Ray Train workers per trial (data parallel).
-        cpus_per_worker: CPUs per worker.
+        cpus_per_worker: CPUs per worker; each worker runs torch with that many threads.
+            None (default) is decided at launch from the cluster: with ``max_concurrent``
+            set, a node's CPUs divided among that many trials; otherwise all of a node's CPUs
+            up to :data:`AUTO_MAX_CPUS`, so that on a machine with few cores one trial runs
+            at a time with every core (two trials on two cores each get one thread and
+            together train slower than one trial with both).
         gpus_per_worker: GPUs per worker (fractions share a GPU).
         max_concurrent: At most this many trials at once (None = as resources allow).
         ray_train: Run every trial as a Ray Train job, also a one-worker CPU trial (which
@@ -493,20 +541,38 @@ class Resources:
     """
 
     workers: int = 1
-    cpus_per_worker: int = 1
+    cpus_per_worker: int | None = None
     gpus_per_worker: float = 0
     max_concurrent: int | None = None
     ray_train: bool = False
 
     def __post_init__(self) -> None:
         _integer("Resources.workers", self.workers, 1)
-        _integer("Resources.cpus_per_worker", self.cpus_per_worker, 1)
+        _optional_integer("Resources.cpus_per_worker", self.cpus_per_worker, 1)
         gpus = _number("Resources.gpus_per_worker", self.gpus_per_worker)
         if gpus < 0:
             raise _err("Resources.gpus_per_worker", gpus, "must be >= 0")
         _optional_integer("Resources.max_concurrent", self.max_concurrent, 1)
         if not isinstance(self.ray_train, bool):
             raise _err("Resources.ray_train", self.ray_train, "must be True or False")
+
+    def resolved(self, node_cpus: int) -> Resources:
+        """These resources with ``cpus_per_worker`` decided for nodes of ``node_cpus`` CPUs
+        (see the attribute); unchanged when it is set."""
+        if self.cpus_per_worker is not None:
+            return self
+        cpus = max(1, node_cpus)
+        if self.max_concurrent is not None:
+            per_trial = max(1, cpus // self.max_concurrent)
+            cpus = max(1, per_trial // self.workers)
+        else:
+            cpus = min(cpus, AUTO_MAX_CPUS)
+        return replace(self, cpus_per_worker=cpus)
+
+    @property
+    def cpus(self) -> int:
+        """CPUs per worker (1 while undecided, before the driver resolves it)."""
+        return self.cpus_per_worker or 1
 
     @property
     def use_ray_train(self) -> bool:
@@ -538,12 +604,17 @@ class Study:
         variants: Ablation variants (``none``, ``ss``, ``mask``, ``ss+mask``).
         seeds: One run per seed.
         label_fractions: Stratified, seeded subsets of the fine-tune labels, in (0, 1].
-        search_space: Param per name in :data:`PARAMS`; missing names take the paper's values.
+        search_space: Param per name in :data:`PARAMS`; missing names take their defaults
+            (:func:`default_search_space`: λ, τ from the paper, learning rates and ``arch``
+            from the recipe). ``arch`` takes ``Fixed``/``Grid`` of names.
         search: How the search space is explored.
         resources: Resources of one trial.
         image_size: Network input side (>= 32).
-        batch_size: Batch size of both stages.
-        stem: ResNet stem (see :data:`occstudy.models.STEMS`).
+        recipe: How both stages train (:mod:`occstudy.recipes`): ``paper`` (default),
+            ``fast`` (the CPU studies' choice) or a :class:`~occstudy.recipes.Recipe`, e.g.
+            ``dataclasses.replace(FAST, label_smoothing=0.0)`` to override any field.
+        batch_size: Batch size of both stages (None: the recipe's).
+        stem: ResNet stem (see :data:`occstudy.recipes.STEMS`; None: the recipe's).
         in_chans: 1 (grey) or 3.
         description: Free text, logged with the study.
     """
@@ -555,12 +626,13 @@ class Study:
     variants: tuple[str, ...] = VARIANTS
     seeds: tuple[int, ...] = (0,)
     label_fractions: tuple[float, ...] = (1.0,)
-    search_space: Mapping[str, Param] = field(default_factory=lambda: dict(DEFAULT_SEARCH_SPACE))
+    search_space: Mapping[str, Param] = field(default_factory=dict)
     search: SearchSpec = SearchSpec()
     resources: Resources = Resources()
     image_size: int = 48
-    batch_size: int = 64
-    stem: str = "imagenet"
+    recipe: str | Recipe = "paper"
+    batch_size: int | None = None
+    stem: str | None = None
     in_chans: int = 1
     description: str = ""
 
@@ -576,11 +648,17 @@ class Study:
         ):
             if not isinstance(getattr(self, attr), cls):
                 raise _err(f"Study.{attr}", getattr(self, attr), f"must be a {cls.__name__}")
+        if not isinstance(self.recipe, Recipe):
+            try:
+                get_recipe(self.recipe)
+            except ValueError as exc:
+                raise _err("Study.recipe", self.recipe, str(exc)) from None
         self._check_dimensions()
         self._check_search_space()
         _integer("Study.image_size", self.image_size, 32)
-        _integer("Study.batch_size", self.batch_size, 2)
-        _choice("Study.stem", self.stem, STEMS)
+        _optional_integer("Study.batch_size", self.batch_size, 2)
+        if self.stem is not None:
+            _choice("Study.stem", self.stem, STEMS)
         if self.in_chans not in (1, 3):
             raise _err("Study.in_chans", self.in_chans, "must be 1 or 3")
         if not isinstance(self.description, str):
@@ -591,17 +669,19 @@ class Study:
                 self.search.grace_period,
                 f"must be <= finetune.epochs={self.finetune.epochs}",
             )
-        if (
-            any(v not in NO_PRETEXT_VARIANTS for v in self.variants)
-            and self.pretext.data != SYNTHETIC
-            and not Path(self.pretext.data).is_dir()
-        ):
-            raise _err(
-                "Study.pretext.data",
-                self.pretext.data,
-                "is neither 'synthetic-faces' nor an existing folder (needed by variants "
-                f"{', '.join(v for v in self.variants if v not in NO_PRETEXT_VARIANTS)})",
-            )
+        needing = [v for v in self.variants if v not in NO_PRETEXT_VARIANTS]
+        for i, source in enumerate(self.pretext.data if needing else ()):
+            if (
+                source != SYNTHETIC
+                and pretext_source_ref(source) is None
+                and not Path(source).expanduser().is_dir()
+            ):
+                raise _err(
+                    f"Study.pretext.data[{i}]",
+                    source,
+                    f"is neither {SYNTHETIC!r}, an existing folder nor NAME:ROOT[@SPLIT] "
+                    f"(needed by variants {', '.join(needing)})",
+                )
         self._check_method_configs()
 
     def _check_dimensions(self) -> None:
@@ -640,12 +720,20 @@ class Study:
                 raise StudyError(f"{path}: unknown parameter; valid: {', '.join(PARAMS)}")
             if type(param) not in _PARAM_KINDS.values():
                 raise _err(path, param, "must be a Fixed, Grid, Uniform or LogUniform")
+            values = (param.value,) if isinstance(param, Fixed) else getattr(param, "values", ())
+            if key in CATEGORICAL_PARAMS:
+                names = CATEGORICAL_PARAMS[key]
+                if not isinstance(param, Fixed | Grid) or any(v not in names for v in values):
+                    raise _err(path, param, f"must be Fixed or Grid of {', '.join(names)}")
+                continue
+            if any(isinstance(v, str) for v in values):
+                raise _err(path, param, f"{key} takes numbers, not names")
             lowest, inclusive = _PARAM_MIN[key]
             low = param.bounds()[0]
             if low < lowest or (low == lowest and not inclusive):
                 op = ">=" if inclusive else ">"
                 raise _err(path, param, f"{key} must be {op} {lowest:g}")
-        space = SearchSpace({**DEFAULT_SEARCH_SPACE, **self.search_space})
+        space = SearchSpace({**default_search_space(self.recipe), **self.search_space})
         sampled = [k for k, p in space.items() if isinstance(p, Uniform | LogUniform)]
         if self.search.algorithm == "grid" and sampled:
             raise _err(
@@ -760,10 +848,12 @@ class Study:
                 real_occlusion=tuple(DataRef.parse(r) for r in self.test.real),
                 image_size=self.image_size,
                 in_chans=self.in_chans,
-                stem=self.stem,
+                recipe=self.recipe,
+                arch=str(p["arch"]),
+                stem=self.stem,  # type: ignore[arg-type]  # None: the recipe's
                 pretext_epochs=self.pretext.epochs,
                 epochs=self.finetune.epochs,
-                batch_size=self.batch_size,
+                batch_size=self.batch_size,  # type: ignore[arg-type]
                 lr=float(p["lr"]),
                 pretext_lr=float(p["pretext_lr"]),
                 tau=float(p["tau"]),
@@ -787,16 +877,26 @@ class Study:
     def trial_name(self, point: Mapping[str, Any]) -> str:
         """Deterministic, filesystem-safe name of one trial, unique within the study.
 
-        E.g. ``ss-mask_s0_f1_lam0.2_tau2_lr0.0001_plr0.0001`` (``k3`` after ``f`` for fold 3).
-        Numbers keep 6 significant digits, so sampled values that agree to 6 digits collide.
+        E.g. ``ss-mask_s0_f1_lam0.2_tau2_lr0.0001_plr0.0001`` (``k3`` after ``f`` for fold 3;
+        ``_resnet18`` at the end when ``arch`` is a grid dimension). Numbers keep 6
+        significant digits, so sampled values that agree to 6 digits collide.
         """
-        return self._name(self._complete(point), PARAMS)
+        return self._name(self._complete(point), self._named_params())
 
     def grid_label(self, point: Mapping[str, Any]) -> str:
         """Name of a grid point: :meth:`trial_name` without the sampled params, e.g.
         ``ss-mask_s0_f1`` (the Optuna search run of that point)."""
         sampled = self.sampled_params()
-        return self._name(point, tuple(k for k in PARAMS if k not in sampled))
+        return self._name(point, tuple(k for k in self._named_params() if k not in sampled))
+
+    def _named_params(self) -> tuple[str, ...]:
+        # A categorical param names trials only when it varies: names stay as they were for
+        # every study that keeps the recipe's architecture.
+        return tuple(
+            k
+            for k in PARAMS
+            if k not in CATEGORICAL_PARAMS or isinstance(self.search_space.get(k), Grid)
+        )
 
     @staticmethod
     def _name(p: Mapping[str, Any], params: Sequence[str]) -> str:
@@ -804,8 +904,12 @@ class Study:
         parts.append(f"f{_fmt(float(p['label_fraction']))}")
         if "fold" in p:
             parts.append(f"k{p['fold']}")
-        short = {"lam": "lam", "tau": "tau", "lr": "lr", "pretext_lr": "plr"}
-        parts += [f"{short[k]}{_fmt(float(p[k]))}" for k in params if k in p]
+        short = {"lam": "lam", "tau": "tau", "lr": "lr", "pretext_lr": "plr", "arch": ""}
+        parts += [
+            f"{short[k]}{p[k] if isinstance(p[k], str) else _fmt(float(p[k]))}"
+            for k in params
+            if k in p
+        ]
         return re.sub(r"[^A-Za-z0-9_.-]", "-", "_".join(parts))
 
     def smoke(self) -> Study:
@@ -881,6 +985,8 @@ class Study:
         for key, value in d.items():
             if key in nested:
                 kwargs[key] = _spec_from_dict(nested[key], f"Study.{key}", value)
+            elif key == "recipe" and isinstance(value, Mapping):
+                kwargs[key] = _spec_from_dict(Recipe, "Study.recipe", value)
             elif key == "search_space":
                 if not isinstance(value, Mapping):
                     raise _err("Study.search_space", value, "expected a mapping")

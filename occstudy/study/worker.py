@@ -28,6 +28,7 @@ from occstudy.pipeline import (
     evaluate_on_protocols,
     load_method_data,
     load_pretext_data,
+    load_pretext_sources,
     run_finetune,
     run_pretext,
 )
@@ -110,16 +111,25 @@ def pretext_worker(
 
     The caller holds the cache lock and publishes the result afterwards.
     """
-    data = load_pretext_data(task.config)
-    if data is None:
+    loaded = load_pretext_sources(task.config)
+    if loaded is None:
         raise ValueError(f"variant {task.config.variant!r} has no pretext stage")
+    data = loaded.faces
+    if runtime.is_main and task.run is not None:
+        # Pixel duplicates of validation/test images left out of the unlabelled faces.
+        tracking.log_metrics(task.run, {"pretext_dropped_duplicates": float(loaded.dropped_total)})
     cache = PretextCache(task.cache_root)
     hooks = _metric_hook(report, task.run, runtime, "pretext.")
     state, history = run_pretext(
         task.config, data, runtime=runtime, checkpoint=cache.work_path(task.key), hooks=hooks
     )
     if runtime.is_main and task.run is not None and task.config.variant != "ss":
-        net = OccNet(in_chans=task.config.in_chans, stem=task.config.stem, heads=("mask",))
+        net = OccNet(
+            in_chans=task.config.in_chans,
+            stem=task.config.stem,
+            arch=task.config.arch,
+            heads=("mask",),
+        )
         net.load_state_dict({k: v for k, v in state.items() if not k.startswith("projector.")})
         log_mask_examples(task.run, net, data, task.config.image_size, "pretext-objects.png")
     return history
