@@ -20,7 +20,6 @@ from __future__ import annotations
 
 import argparse
 import os
-import platform
 import shutil
 import sys
 import time
@@ -28,6 +27,7 @@ from dataclasses import replace
 from pathlib import Path
 
 import torch
+from machine import machine_line
 
 from occstudy.pipeline import run_method
 from occstudy.study import (
@@ -109,11 +109,7 @@ def main(argv: list[str] | None = None) -> int:
     os.environ.setdefault("RAY_ENABLE_WINDOWS_OR_OSX_CLUSTER", "0")
     storage = Path(args.out).resolve()
     shutil.rmtree(storage, ignore_errors=True)
-    print(
-        f"machine: {platform.machine()}, {os.cpu_count()} CPUs, {platform.platform()}, "
-        f"torch {torch.__version__}, python {platform.python_version()}",
-        flush=True,
-    )
+    print(machine_line(), flush=True)
     if not args.skip_overhead:
         o = overhead(args.trials, args.images, storage / "overhead")
         print(

@@ -18,7 +18,6 @@ from __future__ import annotations
 
 import argparse
 import os
-import platform
 import shutil
 import statistics
 import sys
@@ -27,6 +26,7 @@ from dataclasses import replace
 from pathlib import Path
 
 import torch
+from machine import machine_line
 
 from occstudy.pipeline import run_method
 from occstudy.study import FinetuneSpec, RunOptions, Study, TestSpec, run_study
@@ -73,11 +73,7 @@ def main(argv: list[str] | None = None) -> int:
     os.environ.setdefault("RAY_ENABLE_WINDOWS_OR_OSX_CLUSTER", "0")
     storage = Path(args.out).resolve()
     shutil.rmtree(storage, ignore_errors=True)
-    print(
-        f"machine: {platform.machine()}, {os.cpu_count()} CPUs, {platform.platform()}, "
-        f"torch {torch.__version__}, python {platform.python_version()}",
-        flush=True,
-    )
+    print(machine_line(), flush=True)
     study = _study(args.images, args.epochs)
     print(
         f"fine-tune step, fast recipe, {args.images} images x {args.epochs} epochs, 48 px "
