@@ -11,7 +11,7 @@ trains from scratch and nothing is downloaded). Two choices the paper leaves ope
   and keeps the max-pool (output stride 16 instead of 32): about 4x the compute at the same
   size, often better on 48-64 px faces. ``stem="stride2"`` is a 3x3/2 convolution without the
   max-pool: the same output stride 16 as ``small`` with conv1's maps a quarter the size (what
-  CIFAR-style ResNets on 48 px FER use; the ``fast`` recipe's stem). U_o attaches after conv1
+  CIFAR-style ResNets on 48 px FER use; 4x the compute of ``imagenet``). U_o attaches after conv1
   (conv + BN + ReLU) in all of them.
 """
 

@@ -843,14 +843,20 @@ def _check_resume(
     path: Path, state: Mapping[str, Any], key: Mapping[str, Any], fingerprint: str, epochs_key: str
 ) -> None:
     """Refuse to resume from a checkpoint of other data or another configuration (the number
-    of epochs, ``epochs_key``, may grow: that continues the run)."""
+    of epochs, ``epochs_key``, may grow under a ``constant`` schedule: that continues the run;
+    under ``cosine`` the schedule's length is the number of epochs, so it must not change)."""
     if state["data_fingerprint"] != fingerprint:
         raise ValueError(
             f"{path} was trained on other data (fingerprint {state['data_fingerprint']}, now "
             f"{fingerprint}); use another output folder (--out)"
         )
     saved = state["config"]
-    diff = {k: (saved.get(k), v) for k, v in key.items() if saved.get(k) != v and k != epochs_key}
+    growable = key.get("schedule", "constant") == "constant"
+    diff = {
+        k: (saved.get(k), v)
+        for k, v in key.items()
+        if saved.get(k) != v and not (k == epochs_key and growable)
+    }
     if diff:
         fields = ", ".join(f"{k}: {a!r} -> {b!r}" for k, (a, b) in diff.items())
         raise ValueError(

@@ -11,7 +11,9 @@ size. Two ship with occstudy:
 * ``fast``: learns FER from scratch on a CPU budget. Every part was chosen on validation data
   only (FER2013 PublicTest); the measurements are in the README ("Recipes").
 
-A recipe is a frozen dataclass, so a variant of one is ``dataclasses.replace(FAST, lr=1e-3)``;
+A recipe is a frozen dataclass, so a variant of one is
+``dataclasses.replace(FAST, name="fast-lr1e-3", lr=1e-3)`` (give it its own name: the name is
+what MLflow's ``recipe`` param shows, next to every field);
 :class:`~occstudy.pipeline.MethodConfig` and :class:`~occstudy.study.Study` take a recipe by
 name or as an object, and any of their own recipe fields overrides the recipe's value.
 
@@ -72,6 +74,8 @@ class Recipe:
     tta_flip: bool = False
 
     def __post_init__(self) -> None:
+        if not isinstance(self.name, str) or not self.name:
+            raise ValueError(f"Recipe name={self.name!r}: must be a non-empty string")
         problems = recipe_field_problems(self)
         if problems:
             raise ValueError(f"Recipe {self.name!r}: {problems[0]}")

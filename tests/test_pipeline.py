@@ -1,10 +1,11 @@
 import json
-from dataclasses import replace
+from dataclasses import fields, replace
 
 import pytest
 
 from occstudy.data import synthetic_faces
 from occstudy.pipeline import DataRef, Hooks, MethodConfig, holdout_split, run_method
+from occstudy.recipes import RECIPE_FIELDS
 
 TINY = MethodConfig(
     image_size=32,
@@ -63,6 +64,26 @@ def test_resume_refuses_another_configuration(tmp_path) -> None:
     run_method(replace(TINY, variant="mask", epochs=1), out_dir=tmp_path)
     with pytest.raises(ValueError, match=r"lam: 0.2 -> 2.0"):
         run_method(replace(TINY, variant="mask", lam=2.0, epochs=1), out_dir=tmp_path)
+
+
+def test_interrupted_fast_recipe_run_resumes_to_the_same_result(tmp_path) -> None:
+    # The cosine schedule is a function of the global step: a resumed run continues it.
+    base = {f.name: getattr(TINY, f.name) for f in fields(TINY)}
+    unset = dict.fromkeys(RECIPE_FIELDS)
+    config = MethodConfig(
+        **{**base, **unset, "recipe": "fast", "variant": "none", "batch_size": 16}
+    )
+    assert config.schedule == "cosine"
+    straight = run_method(config, out_dir=tmp_path / "a")
+    with pytest.raises(Interrupt):
+        run_method(config, out_dir=tmp_path / "b", hooks=_stop_after("finetune", 0))
+    resumed = run_method(config, out_dir=tmp_path / "b")
+    assert [h["loss"] for h in resumed.finetune_history] == [
+        h["loss"] for h in straight.finetune_history
+    ]
+    # More epochs would stretch the schedule under the finished ones: refused.
+    with pytest.raises(ValueError, match=r"epochs: 2 -> 3"):
+        run_method(replace(config, epochs=3), out_dir=tmp_path / "b")
 
 
 def test_variant_none_has_no_pretext() -> None:

@@ -442,3 +442,57 @@ def test_load_study_make_study_and_no_module_leak(tmp_path: Path) -> None:
     before = set(sys.modules)
     assert load_study(f).name == "factory"
     assert set(sys.modules) - before == set()
+
+
+@pytest.mark.parametrize(
+    "resources,node_cpus,node_gpus,want",
+    [
+        (Resources(), 2, 0, 2),  # few cores: one trial with all of them
+        (Resources(), 64, 0, 8),  # capped at AUTO_MAX_CPUS
+        (Resources(workers=2), 2, 0, 1),  # a trial's share is split among its workers
+        (Resources(workers=2), 16, 0, 4),
+        (Resources(max_concurrent=2), 2, 0, 1),
+        (Resources(max_concurrent=3, workers=2), 16, 0, 2),
+        (Resources(gpus_per_worker=0.25), 16, 1, 4),  # 4 GPU trials share 16 CPUs
+        (Resources(gpus_per_worker=1, workers=2), 16, 8, 2),
+        (Resources(cpus_per_worker=3), 64, 0, 3),  # set by the study: kept
+    ],
+)
+def test_resources_resolved_shares_a_node(
+    resources: Resources, node_cpus: int, node_gpus: float, want: int
+) -> None:
+    got = resources.resolved(node_cpus, node_gpus)
+    assert got.cpus_per_worker == want == got.cpus
+    assert Resources().cpus == 1  # undecided before the driver resolves it
+
+
+def test_another_recipe_brings_its_own_defaults_but_keeps_the_studys_entries() -> None:
+    from occstudy.recipes import FAST
+
+    paper = Study("x", search_space={"lam": Fixed(2.0)})
+    fast = replace(paper, recipe="fast")
+    assert fast.search_space["lr"] == Fixed(FAST.lr) and fast.search_space["lam"] == Fixed(2.0)
+    config = fast.method_config(_complete(fast, fast.grid_points()[0]))
+    assert (config.lr, config.pretext_lr, config.arch) == (FAST.lr, FAST.pretext_lr, FAST.arch)
+    own = replace(Study("y", search_space={"lr": Fixed(5e-4)}), recipe="fast")
+    assert own.search_space["lr"] == Fixed(5e-4)
+    d = fast.to_dict()
+    assert set(d["search_space"]) == {"lam"}
+    d["recipe"] = "paper"
+    assert Study.from_dict(d).search_space["lr"] == Fixed(1e-4)
+    assert pickle.loads(pickle.dumps(fast)).search_space.given == ("lam",)
+
+
+def test_recipe_in_a_study_dict_is_checked() -> None:
+    from occstudy.recipes import FAST
+
+    d = Study("r", recipe=replace(FAST, name="mine", lr=1e-3)).to_dict()
+    assert Study.from_dict(d).recipe == replace(FAST, name="mine", lr=1e-3)
+    bad = {**d, "recipe": {**d["recipe"], "lr": -1.0}}
+    with pytest.raises(StudyError, match="Study.recipe: .*lr=-1.0"):
+        Study.from_dict(bad)
+    nameless = {**d, "recipe": {k: v for k, v in d["recipe"].items() if k != "name"}}
+    with pytest.raises(StudyError, match="Study.recipe"):
+        Study.from_dict(nameless)
+    with pytest.raises(ValueError, match="Recipe name=''"):
+        replace(FAST, name="")

@@ -739,13 +739,13 @@ DRIVER_MEMORY = 512 * 2**20
 
 def resolve_resources(study: Study) -> Study:
     """``study`` with ``Resources.cpus_per_worker`` decided for the connected Ray cluster
-    (see :class:`~occstudy.study.spec.Resources`): from its largest live node's CPUs."""
+    (see :class:`~occstudy.study.spec.Resources`): from its largest live node's CPUs and GPUs."""
     import ray
 
-    node_cpus = max(
-        (int(n["Resources"].get("CPU", 0)) for n in ray.nodes() if n.get("Alive")), default=1
-    )
-    resources = study.resources.resolved(node_cpus)
+    nodes = [n["Resources"] for n in ray.nodes() if n.get("Alive")]
+    node_cpus = max((int(r.get("CPU", 0)) for r in nodes), default=1)
+    node_gpus = max((float(r.get("GPU", 0)) for r in nodes), default=0.0)
+    resources = study.resources.resolved(node_cpus, node_gpus)
     return study if resources == study.resources else replace(study, resources=resources)
 
 

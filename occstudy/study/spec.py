@@ -23,7 +23,7 @@ import math
 import os
 import re
 import sys
-from collections.abc import Iterator, Mapping, Sequence
+from collections.abc import Iterable, Iterator, Mapping, Sequence
 from dataclasses import dataclass, field, fields, replace
 from pathlib import Path
 from typing import Any, TypeAlias
@@ -299,13 +299,17 @@ class SearchSpace(Mapping[str, Param]):
     """An immutable, hashable, picklable mapping of parameter name to :data:`Param`.
 
     (``types.MappingProxyType`` would do for immutability but cannot be pickled, and the
-    study is shipped to Ray workers.) Keys are kept in :data:`PARAMS` order.
+    study is shipped to Ray workers.) Keys are kept in :data:`PARAMS` order. ``given`` names
+    the entries the study stated itself; the others are defaults (of the study's recipe), so
+    that a study given another recipe takes that recipe's defaults.
     """
 
-    __slots__ = ("_items",)
+    __slots__ = ("_items", "given")
 
-    def __init__(self, items: Mapping[str, Param]) -> None:
+    def __init__(self, items: Mapping[str, Param], given: Iterable[str] | None = None) -> None:
         self._items: dict[str, Param] = {k: items[k] for k in PARAMS if k in items}
+        keys = set(self._items if given is None else given)
+        self.given: tuple[str, ...] = tuple(k for k in self._items if k in keys)
 
     def __getitem__(self, key: str) -> Param:
         return self._items[key]
@@ -322,11 +326,11 @@ class SearchSpace(Mapping[str, Param]):
     def __repr__(self) -> str:
         return f"SearchSpace({self._items!r})"
 
-    def __getstate__(self) -> dict[str, Param]:
-        return self._items
+    def __getstate__(self) -> tuple[dict[str, Param], tuple[str, ...]]:
+        return self._items, self.given
 
-    def __setstate__(self, state: dict[str, Param]) -> None:
-        self._items = state
+    def __setstate__(self, state: tuple[dict[str, Param], tuple[str, ...]]) -> None:
+        self._items, self.given = state
 
 
 # ---------------------------------------------------------------------------------------------
@@ -556,18 +560,25 @@ class Resources:
         if not isinstance(self.ray_train, bool):
             raise _err("Resources.ray_train", self.ray_train, "must be True or False")
 
-    def resolved(self, node_cpus: int) -> Resources:
-        """These resources with ``cpus_per_worker`` decided for nodes of ``node_cpus`` CPUs
-        (see the attribute); unchanged when it is set."""
+    def resolved(self, node_cpus: int, node_gpus: float = 0) -> Resources:
+        """These resources with ``cpus_per_worker`` decided for nodes of ``node_cpus`` CPUs and
+        ``node_gpus`` GPUs (see the attribute); unchanged when it is set.
+
+        A node's CPUs are shared by the trials that run on it at once: ``max_concurrent``, or
+        as many as its GPUs hold for GPU trials, or (CPU trials) one trial with every CPU up to
+        :data:`AUTO_MAX_CPUS`; each trial's share is split among its ``workers``.
+        """
         if self.cpus_per_worker is not None:
             return self
         cpus = max(1, node_cpus)
+        gpus_per_trial = self.gpus_per_worker * self.workers
         if self.max_concurrent is not None:
-            per_trial = max(1, cpus // self.max_concurrent)
-            cpus = max(1, per_trial // self.workers)
+            per_trial = cpus // self.max_concurrent
+        elif gpus_per_trial > 0 and node_gpus > 0:
+            per_trial = cpus // max(1, int(node_gpus // gpus_per_trial))
         else:
-            cpus = min(cpus, AUTO_MAX_CPUS)
-        return replace(self, cpus_per_worker=cpus)
+            per_trial = min(cpus, AUTO_MAX_CPUS)
+        return replace(self, cpus_per_worker=max(1, per_trial // self.workers))
 
     @property
     def cpus(self) -> int:
@@ -714,7 +725,10 @@ class Study:
     def _check_search_space(self) -> None:
         if not isinstance(self.search_space, Mapping):
             raise _err("Study.search_space", self.search_space, "must be a mapping")
-        for key, param in self.search_space.items():
+        space_in = self.search_space
+        given = space_in.given if isinstance(space_in, SearchSpace) else tuple(space_in)
+        user = {k: space_in[k] for k in given}
+        for key, param in user.items():
             path = f"Study.search_space[{key!r}]"
             if key not in PARAMS:
                 raise StudyError(f"{path}: unknown parameter; valid: {', '.join(PARAMS)}")
@@ -733,7 +747,7 @@ class Study:
             if low < lowest or (low == lowest and not inclusive):
                 op = ">=" if inclusive else ">"
                 raise _err(path, param, f"{key} must be {op} {lowest:g}")
-        space = SearchSpace({**default_search_space(self.recipe), **self.search_space})
+        space = SearchSpace({**default_search_space(self.recipe), **user}, given=tuple(user))
         sampled = [k for k, p in space.items() if isinstance(p, Uniform | LogUniform)]
         if self.search.algorithm == "grid" and sampled:
             raise _err(
@@ -952,7 +966,8 @@ class Study:
         for f in fields(self):
             value = getattr(self, f.name)
             if f.name == "search_space":
-                out[f.name] = {k: _param_to_dict(p) for k, p in value.items()}
+                # The study's own entries: the rest are its recipe's defaults.
+                out[f.name] = {k: _param_to_dict(value[k]) for k in value.given}
             elif hasattr(value, "__dataclass_fields__"):
                 out[f.name] = {g.name: _jsonable(getattr(value, g.name)) for g in fields(value)}
             else:
@@ -1009,7 +1024,13 @@ def _spec_from_dict(cls: type[Any], path: str, d: Any) -> Any:
     unknown = sorted(set(d) - names)
     if unknown:
         raise StudyError(f"{path}.{unknown[0]}: unknown field; valid: {', '.join(sorted(names))}")
-    return cls(**{k: tuple(v) if isinstance(v, list) else v for k, v in d.items()})
+    try:
+        return cls(**{k: tuple(v) if isinstance(v, list) else v for k, v in d.items()})
+    except StudyError:
+        raise
+    except (TypeError, ValueError) as exc:
+        # A missing required field (TypeError) or a value the spec's own checks refuse.
+        raise StudyError(f"{path}: {exc}") from None
 
 
 # ---------------------------------------------------------------------------------------------
