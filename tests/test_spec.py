@@ -26,6 +26,7 @@ from occstudy.study import (
     data_root,
     load_study,
 )
+from occstudy.study.spec import SearchSpace
 
 STUDIES = sorted((Path(__file__).parents[1] / "studies").glob("*.py"))
 DATA_SUBFOLDERS = ("lfw", "fer2013", "ferplus", "ckplus", "vggface2")
@@ -496,3 +497,9 @@ def test_recipe_in_a_study_dict_is_checked() -> None:
         Study.from_dict(nameless)
     with pytest.raises(ValueError, match="Recipe name=''"):
         replace(FAST, name="")
+
+
+def test_search_space_unpickles_the_format_without_given() -> None:
+    space = SearchSpace.__new__(SearchSpace)
+    space.__setstate__({"lam": Fixed(0.2), "lr": Fixed(1e-3)})
+    assert dict(space) == {"lam": Fixed(0.2), "lr": Fixed(1e-3)} and space.given == ("lam", "lr")

@@ -388,7 +388,15 @@ def pretext_trainable(
     """Stage 1 trial: make sure one pretext result exists in the cache."""
     from ray import tune
 
-    task = tasks[config["key"]]
+    task = tasks.get(config["key"])
+    if task is None:
+        # A restored launch whose pretext plan no longer matches the study (its file or
+        # occstudy changed since the launch began): resuming would mix two configurations.
+        raise RuntimeError(
+            f"pretext job {config['key']} of the launch being resumed is not in the study's "
+            "current plan (the study or occstudy changed since the launch began); start a new "
+            "launch without --resume"
+        )
     use_assigned_cpus()
     meta = ensure_pretext(task, ctx, lambda m, e: tune.report({**m, "epoch": e}))
     tune.report({"pretext_seconds": float(meta.get("seconds", 0.0)), "done": 1})

@@ -329,8 +329,15 @@ class SearchSpace(Mapping[str, Param]):
     def __getstate__(self) -> tuple[dict[str, Param], tuple[str, ...]]:
         return self._items, self.given
 
-    def __setstate__(self, state: tuple[dict[str, Param], tuple[str, ...]]) -> None:
-        self._items, self.given = state
+    def __setstate__(
+        self, state: tuple[dict[str, Param], tuple[str, ...]] | dict[str, Param]
+    ) -> None:
+        if isinstance(state, dict):
+            # Pickled before ``given`` existed (a launch resumed across versions): every entry
+            # was stored, so every entry counts as the study's own.
+            self._items, self.given = state, tuple(state)
+        else:
+            self._items, self.given = state
 
 
 # ---------------------------------------------------------------------------------------------
