@@ -1,4 +1,4 @@
-"""Pretext losses of the method (METHOD.md, equations 1-3).
+"""Pretext losses of the method (the paper's equations 1-3, each written out below).
 
 * :func:`similarity_loss` — L_SS, an NT-Xent loss between faces and their occluded copies.
 * :func:`occlusion_loss` — L_mask, per-pixel binary cross-entropy of the predicted occlusion mask.
@@ -19,7 +19,7 @@ PRETEXT_VARIANTS: tuple[str, ...] = ("ss", "mask", "ss+mask")
 
 
 def similarity_loss(z_occluded: Tensor, z_clean: Tensor, tau: float) -> Tensor:
-    r"""Similarity loss L_SS (METHOD.md, equations 1-2), the NT-Xent form.
+    r"""Similarity loss L_SS (the paper's equations 1-2), the NT-Xent form.
 
     For K clean faces and their K occluded copies, with ``sim(u, v) = u·v / (|u| |v|)``:
 
@@ -69,7 +69,7 @@ def similarity_loss(z_occluded: Tensor, z_clean: Tensor, tau: float) -> Tensor:
 
 
 def occlusion_loss(mask_logits: Tensor, mask: Tensor) -> Tensor:
-    r"""Occlusion loss L_mask (METHOD.md, equation 3).
+    r"""Occlusion loss L_mask (the paper's equation 3).
 
     Per-pixel binary cross-entropy between the predicted occlusion probability
     :math:`\hat M = \sigma(\text{logits})` and the true mask M (1 = occluded), averaged over

@@ -1,6 +1,6 @@
 """Synthetic occlusion generators: occluded images and their binary masks.
 
-The pretext stage of the method (METHOD.md) pastes a random synthetic occluder on a face and asks
+The pretext stage of the method pastes a random synthetic occluder on a face and asks
 the network to recover the binary mask ``M`` (1 = occluded pixel); the fine-tune stage mixes in
 occluded copies made by the same generator, and the test protocols of the paper occlude the test
 set in fixed ways. This module provides all of them:

@@ -8,7 +8,7 @@ from occstudy.losses import occlusion_loss, pretext_loss, similarity_loss
 
 
 def reference_similarity_loss(z_po: torch.Tensor, z_pc: torch.Tensor, tau: float) -> float:
-    """METHOD.md equations 1-2, written literally with loops."""
+    """L_SS as :func:`occstudy.losses.similarity_loss` writes it out, with loops."""
     k = z_po.shape[0]
     vectors = [z_po[j] for j in range(k)] + [z_pc[j] for j in range(k)]
 
