@@ -715,11 +715,6 @@ class Hooks:
     log_every: int = 10
 
 
-def _steps_per_epoch(n: int, config: MethodConfig) -> int:
-    steps = max(1, n // config.batch_size)  # drop_last: BN and NT-Xent want full batches
-    return min(steps, config.max_steps) if config.max_steps else steps
-
-
 def _rank_steps(n: int, config: MethodConfig, runtime: Runtime, *, drop_last: bool) -> int:
     """Optimiser steps one rank takes per epoch over ``n`` images."""
     steps = D.num_batches(n, config.batch_size, drop_last, runtime.world_size)
@@ -790,7 +785,7 @@ def run_pretext(
         start_epoch = state["epoch"] + 1
         history = list(state["extra"].get("history", []))
     policy = make_policy(config.pretext_policy)
-    total = _steps_per_epoch(len(pretext), config)
+    # drop_last: BN and NT-Xent want full batches.
     per_rank = _rank_steps(len(pretext), config, runtime, drop_last=True)
     schedule = _lr_schedule(config, config.pretext_lr, per_rank, config.pretext_epochs)
     for epoch in range(start_epoch, config.pretext_epochs):
@@ -816,7 +811,7 @@ def run_pretext(
             image_size=config.image_size,
             runtime=runtime,
             generator=seeded_generator(config.seed, epoch, 1),
-            callback=_step_cb(hooks, "pretext", total),
+            callback=_step_cb(hooks, "pretext", per_rank),
             log_every=hooks.log_every,
             max_steps=config.max_steps,
             lr_schedule=schedule,
@@ -949,7 +944,6 @@ def run_finetune(
         history = list(state["extra"].get("history", []))
         best_acc = max((h["val_acc"] for h in history), default=-math.inf)
     policy = make_policy(config.finetune_policy)
-    total = _steps_per_epoch(len(train), config)
     drop_last = len(train) >= config.batch_size * runtime.world_size
     per_rank = _rank_steps(len(train), config, runtime, drop_last=drop_last)
     schedule = _lr_schedule(config, config.lr, per_rank, config.epochs)
@@ -976,7 +970,7 @@ def run_finetune(
             image_size=config.image_size,
             runtime=runtime,
             generator=seeded_generator(config.seed, epoch, 2),
-            callback=_step_cb(hooks, "finetune", total),
+            callback=_step_cb(hooks, "finetune", per_rank),
             log_every=hooks.log_every,
             max_steps=config.max_steps,
             lr_schedule=schedule,
