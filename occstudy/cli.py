@@ -15,7 +15,16 @@ from collections.abc import Mapping, Sequence
 from dataclasses import replace
 from typing import Any
 
-from occstudy.recipes import ARCHS, AUGMENTS, OPTIMIZERS, RECIPES, SCHEDULES, STEMS
+from occstudy.method import (
+    ARCHS,
+    AUGMENTS,
+    OPTIMIZERS,
+    PARAMETERS,
+    RECIPES,
+    SCHEDULES,
+    STEMS,
+    VARIANTS,
+)
 
 RECIPE_NAMES = tuple(RECIPES)
 SMOKE_NOTE = "tiny built-in data and a few steps per epoch: checks the whole path in under a minute"
@@ -48,7 +57,7 @@ def _add_train(sub: argparse._SubParsersAction) -> None:  # type: ignore[type-ar
         metavar="NAME:ROOT[@SPLIT]",
         help="real-occlusion test set, e.g. occlusion-ferplus:../shared/data (repeatable)",
     )
-    p.add_argument("--variant", default="ss+mask", choices=("none", "ss", "mask", "ss+mask"))
+    p.add_argument("--variant", default="ss+mask", choices=VARIANTS)
     p.add_argument("--image-size", type=int, default=48)
     p.add_argument(
         "--recipe",
@@ -77,8 +86,15 @@ def _add_train(sub: argparse._SubParsersAction) -> None:  # type: ignore[type-ar
         action=argparse.BooleanOptionalAction,
         help=f"test on each face and its mirror image {rec}",
     )
-    p.add_argument("--tau", type=float, default=2.0)
-    p.add_argument("--lam", "--lambda", dest="lam", type=float, default=0.2)
+    p.add_argument("--tau", type=float, default=PARAMETERS["tau"].default, help="τ of L_SS")
+    p.add_argument(
+        "--lam",
+        "--lambda",
+        dest="lam",
+        type=float,
+        default=PARAMETERS["lam"].default,
+        help="λ, weight of L_mask",
+    )
     p.add_argument("--pretext-policy", default="all")
     p.add_argument("--finetune-policy", default="all")
     p.add_argument(
@@ -205,13 +221,13 @@ def _load_study(arg: str, data_root: str | None, storage: str | None = None) -> 
     from pathlib import Path
 
     from occstudy.study import Study, StudyError, load_study
-    from occstudy.study.runner import DEFAULT_STORAGE
+    from occstudy.study.layout import StudyLayout
 
     if data_root:
         os.environ["OCCSTUDY_DATA"] = os.path.abspath(data_root)
     if arg.endswith(".py") or Path(arg).is_file():
         return load_study(arg)
-    saved = Path(storage or DEFAULT_STORAGE) / arg / "study.json"
+    saved = StudyLayout.of(arg, storage).study_file
     if not saved.is_file():
         raise StudyError(f"{arg!r} is neither a study file nor a study in {saved.parent.parent}/")
     return Study.from_dict(json.loads(saved.read_text()))
@@ -219,7 +235,6 @@ def _load_study(arg: str, data_root: str | None, storage: str | None = None) -> 
 
 def cmd_run(args: argparse.Namespace) -> int:
     from occstudy.study import RunOptions, StudyError, run_study
-    from occstudy.study.runner import ablation_table
     from occstudy.tracking import TrackingError, redact
 
     try:
@@ -250,7 +265,7 @@ def cmd_run(args: argparse.Namespace) -> int:
         )
         return 130
     print()
-    print(ablation_table(outcome.rows, outcome.study))
+    print(outcome.table)
     print(
         f"study {outcome.study.name}: {len(outcome.rows)} trials ({len(outcome.failed)} failed), "
         f"pretext computed {outcome.pretext_computed}, cached {outcome.pretext_cached}, "
@@ -321,7 +336,7 @@ def cmd_ui(args: argparse.Namespace) -> int:
     import subprocess
 
     from occstudy.study import StudyError
-    from occstudy.study.runner import resolve_tracking_uri, study_paths
+    from occstudy.study.layout import StudyLayout
     from occstudy.tracking import disable_telemetry, redact
 
     try:
@@ -329,14 +344,14 @@ def cmd_ui(args: argparse.Namespace) -> int:
     except StudyError as exc:
         print(f"occstudy ui: {exc}", file=sys.stderr)
         return 2
-    study_dir, _ = study_paths(study, args.storage)
-    uri = resolve_tracking_uri(study_dir, args.tracking_uri)
+    layout = StudyLayout.of(study.name, args.storage)
+    uri = layout.tracking_uri(args.tracking_uri)
     if not uri.startswith("sqlite:"):
         print(f"this study logs to a tracking server: open {redact(uri)}")
         return 0
-    if not (study_dir / "mlflow.db").exists():
+    if not layout.mlflow_db.exists():
         print(
-            f"occstudy ui: no MLflow store at {study_dir / 'mlflow.db'}; run the study first",
+            f"occstudy ui: no MLflow store at {layout.mlflow_db}; run the study first",
             file=sys.stderr,
         )
         return 2

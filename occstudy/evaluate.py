@@ -9,7 +9,9 @@ A *test protocol* is a named way of presenting a test set to the network:
 * a real-occlusion list (``occlusion-ferplus``, ``pose-ferplus``, ...) — a separate test set.
 
 For each protocol :func:`evaluate` returns accuracy, per-class accuracy, macro-F1 and the
-confusion matrix, plus the mask network's IoU on synthetic occlusions when the model has U_o.
+confusion matrix, plus the mask network's IoU on synthetic occlusions when the model has U_o
+and, for a synthetic occlusion, the mean share of the image its occluder covered
+(``test.<protocol>.occluded_area``: the numbers a report labels its robustness curve with).
 A real-occlusion set whose groups have names (Occlusion-FERPlus: the occluded region) also gets
 its accuracy per region, from the same predictions (``test.<set>.region.<name>.acc``).
 """
@@ -23,11 +25,14 @@ import torch
 from torch import Tensor
 
 from occstudy.data import FaceSet, normalize
+from occstudy.method import SYNTHETIC_PROTOCOLS
 from occstudy.models import OccNet
-from occstudy.occlusion import PROTOCOLS, apply_protocol
+from occstudy.occlusion import apply_protocol
 from occstudy.train import Runtime, prepare_images
 
-SYNTHETIC_PROTOCOLS: tuple[str, ...] = tuple(PROTOCOLS)
+#: Key in :attr:`ProtocolResult.extra` (hence metric ``test.<protocol>.occluded_area``) of the
+#: mean share of the image a synthetic protocol's occluder covered.
+OCCLUDED_AREA = "occluded_area"
 
 
 @dataclass
@@ -45,7 +50,8 @@ class ProtocolResult:
         confusion: ``confusion[t][p]`` = images of true class t predicted as p.
         classes: Class names, index = label id.
         mask_iou: IoU of U_o's thresholded mask with the true mask (synthetic protocols only).
-        extra: Further metrics, logged as ``test.<protocol>.<key>``.
+        extra: Further metrics, logged as ``test.<protocol>.<key>``; a synthetic protocol's
+            holds :data:`OCCLUDED_AREA` (see :attr:`occluded_area`).
         regions: For a real-occlusion set whose groups have names (the occluded region of
             Occlusion-FERPlus), ``{region: {"n": images, "acc": accuracy}}`` in group-id order,
             from the same predictions as ``acc``; regions without images are left out. Empty
@@ -64,6 +70,12 @@ class ProtocolResult:
     mask_iou: float | None = None
     extra: dict[str, float] = field(default_factory=dict)
     regions: dict[str, dict[str, float]] = field(default_factory=dict)
+
+    @property
+    def occluded_area(self) -> float | None:
+        """Mean share of the image the protocol's occluder covered, in [0, 1]: the mean of the
+        masks it applied to the test images (None for ``clean`` and real-occlusion sets)."""
+        return self.extra.get(OCCLUDED_AREA)
 
     def to_dict(self) -> dict[str, object]:
         d = asdict(self)
@@ -228,7 +240,8 @@ def evaluate(
         tta_flip: Predict from each face and its mirror image (see :func:`predict`).
 
     Returns:
-        Results keyed by protocol name, in the order given (real sets last).
+        Results keyed by protocol name, in the order given (real sets last); each synthetic
+        protocol's carries its mean occluded area (:attr:`ProtocolResult.occluded_area`).
 
     Raises:
         ValueError: on an unknown protocol or a real set whose label space does not match.
@@ -254,6 +267,10 @@ def evaluate(
             tta_flip=tta_flip,
         )
         results[name] = _result(name, test, preds, counts)
+        if masks is not None and masks.numel():
+            # The share of pixels the occluder covered, as its own masks say (float64: a
+            # float32 sum over a large test set would round).
+            results[name].extra[OCCLUDED_AREA] = masks.double().mean().item()
     for name, ds in (real or {}).items():
         if tuple(ds.classes) != tuple(test.classes):
             raise ValueError(

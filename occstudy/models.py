@@ -13,23 +13,177 @@ trains from scratch and nothing is downloaded). Two choices the paper leaves ope
   max-pool: the same output stride 16 as ``small`` with conv1's maps a quarter the size (what
   CIFAR-style ResNets on 48 px FER use; 4x the compute of ``imagenet``). U_o attaches after conv1
   (conv + BN + ReLU) in all of them.
+
+As in timm, the networks split into ``forward_features`` (images -> last feature map) and
+``forward_head`` (feature map -> pooled features or logits), and checkpoints carry a
+:class:`ModelConfig` (architecture, input and normalisation, class names) so that a trained
+model can be rebuilt and fed without knowing how it was trained.
 """
 
 from __future__ import annotations
 
-from collections.abc import Sequence
+import math
+from collections import Counter
+from collections.abc import Mapping, Sequence
+from dataclasses import dataclass, fields
+from typing import Any
 
 import torch
 import torch.nn.functional as F
 from torch import Tensor, nn
 from torchvision.models import resnet18, resnet34
 
+from occstudy.method import get_variant
 from occstudy.recipes import ARCHS, STEMS
 
 #: torchvision ResNets F can be (both end in 512 features); the names live in the torch-free
 #: recipes module so that study files and the CLI can check them without importing torch.
 _BUILDERS = {"resnet18": resnet18, "resnet34": resnet34}
 HEADS: tuple[str, ...] = ("projector", "mask", "classifier")
+
+#: Normalisation of float [0, 1] images before F. Training, evaluation and the figures call
+#: :func:`occstudy.data.normalize` with its defaults, ``(x - 0.5) / 0.5``; these constants
+#: record those defaults in checkpoints (a test checks that the two agree).
+NORM_MEAN: float = 0.5
+NORM_STD: float = 0.5
+#: Allowed :attr:`ModelConfig.image_size`. 32 is MethodConfig's floor (F downsamples 32x);
+#: the ceiling exists because predict allocates images of this side: a crafted checkpoint
+#: asking for 10^6 px once exhausted the machine's memory.
+IMAGE_SIZE_RANGE: tuple[int, int] = (32, 1024)
+
+
+def _is_number(v: object) -> bool:
+    return isinstance(v, (int, float)) and not isinstance(v, bool)
+
+
+@dataclass(frozen=True, kw_only=True)
+class ModelConfig:
+    """How to rebuild a trained network and feed it, as stored in its checkpoints.
+
+    The counterpart of timm's ``pretrained_cfg``: everything :mod:`occstudy.predict` needs
+    besides the weights. Values are validated on construction, so a config read from a
+    checkpoint is either sane or a ``ValueError`` naming the field.
+
+    Attributes:
+        arch: Architecture of F, one of :data:`ARCHS`.
+        stem: Stem of F, one of :data:`STEMS`.
+        in_chans: Input channels, 1 (grey) or 3 (RGB).
+        image_size: Side of the square input the network was trained at, in
+            :data:`IMAGE_SIZE_RANGE`.
+        class_names: Name of each classifier output, in label-index order (at least 2,
+            unique, non-empty). Lists are accepted and stored as a tuple.
+        mean: Subtracted from float [0, 1] pixels: one value for every channel or one per
+            channel.
+        std: Divides the centred pixels (> 0), one value or one per channel like ``mean``.
+    """
+
+    arch: str
+    stem: str
+    in_chans: int
+    image_size: int
+    class_names: tuple[str, ...]
+    mean: tuple[float, ...] = (NORM_MEAN,)
+    std: tuple[float, ...] = (NORM_STD,)
+
+    def __post_init__(self) -> None:
+        def bad(name: str, value: Any, why: str) -> ValueError:
+            return ValueError(f"ModelConfig.{name}={value!r}: {why}")
+
+        if self.arch not in ARCHS:
+            raise bad("arch", self.arch, f"must be one of {ARCHS}")
+        if self.stem not in STEMS:
+            raise bad("stem", self.stem, f"must be one of {STEMS}")
+        if not isinstance(self.in_chans, int) or isinstance(self.in_chans, bool):
+            raise bad("in_chans", self.in_chans, "must be 1 or 3")
+        if self.in_chans not in (1, 3):
+            raise bad("in_chans", self.in_chans, "must be 1 or 3")
+        lo, hi = IMAGE_SIZE_RANGE
+        size = self.image_size
+        if not isinstance(size, int) or isinstance(size, bool) or not lo <= size <= hi:
+            raise bad("image_size", size, f"must be an int in [{lo}, {hi}]")
+        names = self.class_names
+        # A str is a sequence too: "abc" would silently become three classes.
+        if not isinstance(names, (tuple, list)):
+            raise bad("class_names", names, "must be a tuple of class names")
+        if len(names) < 2:
+            raise bad("class_names", names, "needs at least 2 classes")
+        if not all(isinstance(n, str) and n for n in names):
+            raise bad("class_names", names, "every name must be a non-empty str")
+        dupes = sorted(n for n, c in Counter(names).items() if c > 1)
+        if dupes:
+            # Predictions map name -> probability: a repeated name would drop a class.
+            raise bad("class_names", names, f"names must be unique, repeated: {dupes}")
+        object.__setattr__(self, "class_names", tuple(names))
+        for name in ("mean", "std"):
+            values = getattr(self, name)
+            if not isinstance(values, (tuple, list)):
+                raise bad(name, values, "must be a tuple of numbers")
+            if len(values) not in (1, self.in_chans):
+                raise bad(
+                    name,
+                    values,
+                    f"needs 1 value (all channels) or {self.in_chans} (one per channel)",
+                )
+            if not all(_is_number(v) and math.isfinite(v) for v in values):
+                raise bad(name, values, "values must be finite numbers")
+            if name == "std" and any(v <= 0 for v in values):
+                raise bad(name, values, "values must be > 0")
+            object.__setattr__(self, name, tuple(float(v) for v in values))
+
+    @property
+    def num_classes(self) -> int:
+        """Number of classifier outputs."""
+        return len(self.class_names)
+
+    def to_dict(self) -> dict[str, Any]:
+        """Plain Python values (str, int, float, lists), as stored in checkpoints.
+
+        Checkpoints are read with ``torch.load(weights_only=True)``, which refuses arbitrary
+        classes, so the dataclass itself is never pickled.
+        """
+        return {
+            "arch": self.arch,
+            "stem": self.stem,
+            "in_chans": self.in_chans,
+            "image_size": self.image_size,
+            "class_names": list(self.class_names),
+            "mean": list(self.mean),
+            "std": list(self.std),
+        }
+
+    @classmethod
+    def from_dict(cls, data: Mapping[str, Any]) -> ModelConfig:
+        """Inverse of :meth:`to_dict`.
+
+        Args:
+            data: A mapping with exactly the keys of :meth:`to_dict`.
+
+        Returns:
+            The validated config.
+
+        Raises:
+            ValueError: ``data`` is not a mapping, lacks keys or has unknown ones (all named),
+                or a value is invalid (see the class).
+        """
+        if not isinstance(data, Mapping):
+            raise ValueError(
+                f"ModelConfig.from_dict: expected a mapping, got {type(data).__name__}"
+            )
+        expected = [f.name for f in fields(cls)]
+        missing = [k for k in expected if k not in data]
+        unknown = sorted(repr(k) for k in data if k not in expected)
+        if missing or unknown:
+            problems = []
+            if missing:
+                problems.append(f"missing keys {missing}")
+            if unknown:
+                # Strict on purpose: an unknown key means a newer or foreign writer whose
+                # meaning this reader cannot honour.
+                problems.append(f"unknown keys [{', '.join(unknown)}]")
+            raise ValueError(
+                f"ModelConfig.from_dict: {'; '.join(problems)} (expected exactly {expected})"
+            )
+        return cls(**{k: data[k] for k in expected})
 
 
 class ResNetExtractor(nn.Module):
@@ -85,25 +239,52 @@ class ResNetExtractor(nn.Module):
         """
         return self.relu(self.bn1(self.conv1(x)))
 
-    def forward_trunk(self, c1: Tensor) -> Tensor:
-        """Rest of F from conv1 features to the pooled representation h, shape (B, 512)."""
+    def forward_stages(self, c1: Tensor) -> Tensor:
+        """Max-pool (except ``stride2``) and the four residual stages.
+
+        Args:
+            c1: Output of :meth:`forward_conv1`, (B, 64, h, w).
+
+        Returns:
+            (B, 512, h', w') feature map of the last stage.
+        """
         x = self.maxpool(c1)
-        x = self.layer4(self.layer3(self.layer2(self.layer1(x))))
-        return torch.flatten(F.adaptive_avg_pool2d(x, 1), 1)
+        return self.layer4(self.layer3(self.layer2(self.layer1(x))))
+
+    def forward_trunk(self, c1: Tensor) -> Tensor:
+        """Rest of F from conv1 features (B, 64, h, w) to the pooled representation h, (B, 512)."""
+        return self.forward_head(self.forward_stages(c1))
 
     def forward_features(self, x: Tensor) -> Tensor:
-        """Representation h = F(x).
+        """Feature map of the last stage, before pooling (timm's ``forward_features``).
 
         Args:
             x: Images (B, C, H, W), any H, W >= 32.
 
         Returns:
-            (B, 512) pooled features.
+            (B, 512, ceil(H/32), ceil(W/32)) with the ``imagenet`` stem, (B, 512, ceil(H/16),
+            ceil(W/16)) with ``small`` and ``stride2``.
         """
-        return self.forward_trunk(self.forward_conv1(x))
+        return self.forward_stages(self.forward_conv1(x))
+
+    def forward_head(self, feats: Tensor) -> Tensor:
+        """Global average pooling: F has no classifier, its head is the pooling.
+
+        Args:
+            feats: Feature map from :meth:`forward_features`, (B, 512, h, w).
+
+        Returns:
+            Representation h, (B, 512).
+        """
+        if feats.dim() != 4:
+            raise ValueError(
+                f"forward_head expects a (B, 512, h, w) feature map, got shape {tuple(feats.shape)}"
+            )
+        return torch.flatten(F.adaptive_avg_pool2d(feats, 1), 1)
 
     def forward(self, x: Tensor) -> Tensor:
-        return self.forward_features(x)
+        """Representation h = F(x): images (B, C, H, W) -> (B, 512)."""
+        return self.forward_head(self.forward_features(x))
 
 
 class ProjectionHead(nn.Module):
@@ -197,15 +378,55 @@ class OccNet(nn.Module):
         self.projector = ProjectionHead(d, d, proj_dim) if "projector" in heads else None
         self.mask_head = MaskHead(ResNetExtractor.conv1_channels) if "mask" in heads else None
 
+    @classmethod
+    def from_config(
+        cls, config: ModelConfig, *, heads: Sequence[str] = ("classifier",), proj_dim: int = 128
+    ) -> OccNet:
+        """The network a :class:`ModelConfig` describes (untrained), with ``heads``."""
+        return cls(
+            in_chans=config.in_chans,
+            stem=config.stem,
+            arch=config.arch,
+            heads=heads,
+            num_classes=config.num_classes,
+            proj_dim=proj_dim,
+        )
+
     def forward_features(self, x: Tensor) -> Tensor:
-        """h = F(x), shape (B, 512)."""
+        """Feature map of F's last stage, before pooling (timm's ``forward_features``).
+
+        Args:
+            x: Images (B, C, H, W), any H, W >= 32.
+
+        Returns:
+            (B, 512, h, w): h = ceil(H/32) with the ``imagenet`` stem, ceil(H/16) with
+            ``small`` and ``stride2`` (likewise w).
+        """
         return self.extractor.forward_features(x)
 
-    def forward(self, x: Tensor) -> Tensor:
-        """Expression logits C(F(x)), shape (B, num_classes)."""
+    def forward_head(self, feats: Tensor, pre_logits: bool = False) -> Tensor:
+        """Pooling and classifier C (timm's ``forward_head``).
+
+        Args:
+            feats: Feature map from :meth:`forward_features`, (B, 512, h, w).
+            pre_logits: Stop after pooling and return the representation h.
+
+        Returns:
+            Expression logits (B, num_classes), or h (B, 512) with ``pre_logits``.
+        """
+        h = self.extractor.forward_head(feats)
+        if pre_logits:
+            return h
         if self.classifier is None:
-            raise RuntimeError("OccNet.forward needs the classifier head; build with 'classifier'")
-        return self.classifier(self.forward_features(x))
+            raise RuntimeError(
+                "OccNet needs the classifier head for logits; build with 'classifier' "
+                "(or call forward_head with pre_logits=True)"
+            )
+        return self.classifier(h)
+
+    def forward(self, x: Tensor) -> Tensor:
+        """Expression logits C(F(x)): images (B, C, H, W) -> (B, num_classes)."""
+        return self.forward_head(self.forward_features(x))
 
     def forward_with_mask(self, x: Tensor) -> tuple[Tensor, Tensor]:
         """Expression logits (B, num_classes) and occlusion-mask logits (B, 1, H, W) in one pass."""
@@ -258,8 +479,8 @@ class OccNet(nn.Module):
 
 
 def heads_for_pretext(variant: str) -> tuple[str, ...]:
-    """Heads the pretext stage of an ablation variant trains."""
-    return {"ss": ("projector",), "mask": ("mask",), "ss+mask": ("projector", "mask")}[variant]
+    """Heads the pretext stage of an ablation variant trains (:attr:`Variant.heads`)."""
+    return get_variant(variant).heads
 
 
 class PretextNet(nn.Module):

@@ -37,6 +37,9 @@ import torch
 import torch.nn.functional as F
 from torch import Tensor
 
+from occstudy.method import POLICIES as METHOD_POLICIES
+from occstudy.method import SYNTHETIC_PROTOCOLS
+
 __all__ = [
     "FILLS",
     "OBJECT_KINDS",
@@ -70,10 +73,10 @@ REGION_BOXES: dict[str, tuple[float, float, float, float]] = {
 OBJECT_KINDS: tuple[str, ...] = ("hand", "food", "drink")
 
 #: Test protocols: CK+ squares R8/R16/R24, eye and mouth regions, and objects.
-PROTOCOLS: tuple[str, ...] = ("r8", "r16", "r24", "eye", "mouth", "objects")
+PROTOCOLS: tuple[str, ...] = SYNTHETIC_PROTOCOLS
 
-#: Named training policies of :func:`make_policy`.
-POLICIES: tuple[str, ...] = ("squares", "regions", "objects", "ckplus", "all")
+#: Named training policies of :func:`make_policy` (named in the torch-free ``method``).
+POLICIES: tuple[str, ...] = METHOD_POLICIES
 
 # Per-pixel noise is drawn at most at this resolution per patch side and upsampled (nearest):
 # drawing 64x3x112x112 uniforms on the CPU takes ~25 ms, while a 48-px grain is already finer

@@ -11,21 +11,30 @@ from __future__ import annotations
 import hashlib
 import json
 import math
-import re
 import time
 from collections.abc import Callable, Mapping
-from dataclasses import asdict, dataclass, field, replace
+from dataclasses import dataclass, replace
 from pathlib import Path
 from typing import Any
 
 import torch
 
 from occstudy import data as D
-from occstudy.evaluate import SYNTHETIC_PROTOCOLS, ProtocolResult, evaluate, summarize
-from occstudy.losses import VARIANTS
-from occstudy.models import OccNet, PretextNet, heads_for_pretext
+from occstudy.evaluate import ProtocolResult, evaluate, summarize
+from occstudy.method import (
+    DEFAULT_SPLITS,
+    REAL_OCCLUSION_SETS,
+    SYNTHETIC,
+    DataRef,
+    MethodConfig,
+    eval_split_folders,
+    pretext_source_label,
+    pretext_source_problem,
+    pretext_source_ref,
+)
+from occstudy.models import ModelConfig, OccNet, PretextNet, heads_for_pretext
 from occstudy.occlusion import make_policy
-from occstudy.recipes import RECIPE_FIELDS, Recipe, get_recipe, lr_at, recipe_field_problems
+from occstudy.recipes import lr_at
 from occstudy.train import (
     Runtime,
     extractor_state,
@@ -37,312 +46,28 @@ from occstudy.train import (
     seeded_generator,
 )
 
-#: (train, validation, test) split of each labelled dataset; None = hold out part of train.
-DEFAULT_SPLITS: dict[str, tuple[str, str | None, str]] = {
-    "fer2013": ("Training", "PublicTest", "PrivateTest"),
-    "ferplus": ("Train", "Valid", "Test"),
-    "synthetic-faces": ("train", "val", "test"),
-    "rafdb": ("train", None, "test"),
-    "affectnet": ("train", None, "validation"),
-    "ckplus": ("train", None, "test"),
-}
-SYNTHETIC = "synthetic-faces"
-REAL_OCCLUSION_SETS = ("occlusion-ferplus", "pose-ferplus")
+# The vocabulary (DataRef, MethodConfig, split names, pretext-source checks) lives in the
+# torch-free occstudy.method; it is re-exported here for the callers of the one-process API.
+__all__ = [
+    "DEFAULT_SPLITS",
+    "REAL_OCCLUSION_SETS",
+    "SYNTHETIC",
+    "DataRef",
+    "MethodConfig",
+    "eval_split_folders",
+    "pretext_source_label",
+    "pretext_source_problem",
+    "pretext_source_ref",
+]
 
 
-@dataclass(frozen=True)
-class DataRef:
-    """A dataset by registry name, root folder and loader options, e.g. ``fer2013:/data/fer2013``."""
-
-    name: str
-    root: str | None = None
-    split: str | None = None
-    options: tuple[tuple[str, Any], ...] = ()
-
-    def __post_init__(self) -> None:
-        if self.name not in D.dataset_names():
-            raise ValueError(
-                f"unknown dataset {self.name!r}; valid: {', '.join(D.dataset_names())}"
-            )
-        if self.root is None and self.name != SYNTHETIC:
-            raise ValueError(f"dataset {self.name!r} needs a root folder ({self.name}:PATH)")
-
-    @staticmethod
-    def parse(text: str) -> DataRef:
-        """Parse ``NAME[:ROOT][@SPLIT][?KEY=VALUE&...]`` (the inverse of :meth:`__str__`)."""
-        text, _, query = text.partition("?")
-        name, _, rest = text.partition(":")
-        root, _, split = rest.rpartition("@") if "@" in rest else (rest, "", "")
-        options: list[tuple[str, Any]] = []
-        for item in filter(None, query.split("&")):
-            k, _, v = item.partition("=")
-            options.append((k, int(v) if v.lstrip("-").isdigit() else v))
-        return DataRef(name=name, root=root or None, split=split or None, options=tuple(options))
-
-    def __str__(self) -> str:
-        s = self.name if self.root is None else f"{self.name}:{self.root}"
-        s += f"@{self.split}" if self.split else ""
-        if self.options:
-            s += "?" + "&".join(f"{k}={v}" for k, v in self.options)
-        return s
-
-    def load(self, split: str, *, image_size: int | None, channels: int, **extra: Any) -> D.FaceSet:
-        opts = dict(self.options)
-        opts.update(extra)
-        return D.load(self.name, self.root, split, image_size=image_size, channels=channels, **opts)
-
-
-@dataclass(frozen=True)
-class MethodConfig:
-    """Everything one run of the method depends on.
-
-    Attributes:
-        data: Labelled dataset for fine-tuning and testing.
-        variant: ``none``, ``ss``, ``mask`` or ``ss+mask``.
-        pretext_data: Sources of unlabelled faces, concatenated in order; each one is
-            ``synthetic-faces``, a folder (searched recursively) or a labelled dataset
-            ``NAME:ROOT[@SPLIT]`` whose labels are ignored (its training split by default;
-            validation/test splits are refused). A plain ``str`` is one source. Folders that
-            hold validation/test images of ``data`` or ``real_occlusion`` are refused, and
-            pixel duplicates of those images are dropped at load time.
-        real_occlusion: Real-occlusion test sets (e.g. ``occlusion-ferplus:/data``).
-        image_size: Network input side (48 for FER-style faces; the paper used 224 elsewhere).
-        in_chans: 1 (grey) or 3.
-        recipe: How both stages train: ``paper`` (the paper's settings, default), ``fast``
-            (learns on a CPU budget) or a :class:`~occstudy.recipes.Recipe`. The recipe fills
-            every recipe field below left at None; a field given here overrides it. After
-            construction ``recipe`` is the recipe's name and every field holds its value
-            (so ``dataclasses.replace(config, recipe=...)`` keeps the old recipe's values:
-            build a new config to change recipe).
-        arch: Architecture of F, ``resnet34`` or ``resnet18`` (recipe field).
-        stem: ResNet stem, ``imagenet``, ``small`` or ``stride2`` (see :mod:`occstudy.models`;
-            recipe field).
-        pretext_epochs: Pretext epochs (ignored for ``none``).
-        epochs: Fine-tune epochs.
-        batch_size: Batch size of both stages (the paper: 64; recipe field).
-        lr: Peak learning rate of the fine-tune stage (the paper: Adam 1e-4; recipe field).
-        pretext_lr: Peak learning rate of the pretext stage (recipe field).
-        optimizer: ``adam`` or ``adamw`` (recipe field).
-        weight_decay: Weight decay of both stages (recipe field).
-        schedule: ``constant`` or ``cosine`` with linear warm-up, per step (recipe field).
-        warmup_epochs: Warm-up of ``cosine`` in epochs (recipe field).
-        label_smoothing: Label smoothing of the fine-tune cross-entropy (recipe field).
-        augment: ``crop-flip`` or ``none`` (recipe field).
-        tta_flip: Validate and test on each face and its mirror image (recipe field).
-        tau: Temperature τ of L_SS (the paper: 2).
-        lam: Weight λ of L_mask (the paper: 0.2).
-        pretext_policy: Occlusion policy of the pretext stage (see :func:`make_policy`).
-        finetune_policy: Occlusion policy for the occluded copies of the fine-tune set.
-        occlusion_prob: Share of fine-tune images seen occluded.
-        protocols: Test protocols on the test split.
-        balanced: Class-balanced sampling in the fine-tune stage.
-        label_fraction: Stratified, seeded fraction of the fine-tune labels used.
-        pretext_limit: Use at most this many unlabelled faces (None = all): the first ones of
-            a single source, a seeded draw from several.
-        train_limit: Use at most this many labelled training faces, stratified (None = all).
-        max_steps: Cap on steps per epoch (smoke runs).
-        synthetic_size: Images per split of the built-in data set.
-        seed: Seed of everything random.
-        device: ``auto``, ``cpu`` or ``cuda[:N]``.
-    """
-
-    data: DataRef = field(default_factory=lambda: DataRef(SYNTHETIC))
-    variant: str = "ss+mask"
-    pretext_data: tuple[str, ...] = (SYNTHETIC,)
-    real_occlusion: tuple[DataRef, ...] = ()
-    image_size: int = 48
-    in_chans: int = 1
-    recipe: str | Recipe = "paper"
-    # Recipe fields: None means "the recipe's value" and is replaced in __post_init__, so
-    # after construction they always hold a value of the annotated type.
-    arch: str = None  # type: ignore[assignment]
-    stem: str = None  # type: ignore[assignment]
-    pretext_epochs: int = 1
-    epochs: int = 1
-    batch_size: int = None  # type: ignore[assignment]
-    lr: float = None  # type: ignore[assignment]
-    pretext_lr: float = None  # type: ignore[assignment]
-    optimizer: str = None  # type: ignore[assignment]
-    weight_decay: float = None  # type: ignore[assignment]
-    schedule: str = None  # type: ignore[assignment]
-    warmup_epochs: float = None  # type: ignore[assignment]
-    label_smoothing: float = None  # type: ignore[assignment]
-    augment: str = None  # type: ignore[assignment]
-    tta_flip: bool = None  # type: ignore[assignment]
-    tau: float = 2.0
-    lam: float = 0.2
-    pretext_policy: str = "all"
-    finetune_policy: str = "all"
-    occlusion_prob: float = 0.5
-    protocols: tuple[str, ...] = ("clean", *SYNTHETIC_PROTOCOLS)
-    balanced: bool = False
-    label_fraction: float = 1.0
-    pretext_limit: int | None = None
-    train_limit: int | None = None
-    max_steps: int | None = None
-    synthetic_size: int = 6000
-    seed: int = 0
-    device: str = "auto"
-
-    def __post_init__(self) -> None:
-        def bad(fieldname: str, value: Any, why: str) -> ValueError:
-            return ValueError(f"MethodConfig.{fieldname}={value!r}: {why}")
-
-        complete = all(getattr(self, name) is not None for name in RECIPE_FIELDS)
-        if not (complete and isinstance(self.recipe, str)):
-            # A complete config (e.g. after dataclasses.replace) keeps its own recipe's name,
-            # even one of a user's own Recipe objects that RECIPES does not know.
-            try:
-                recipe = get_recipe(self.recipe)
-            except ValueError as exc:
-                raise bad("recipe", self.recipe, str(exc)) from None
-            object.__setattr__(self, "recipe", recipe.name)
-            for name in RECIPE_FIELDS:
-                if getattr(self, name) is None:
-                    object.__setattr__(self, name, getattr(recipe, name))
-        elif not self.recipe:
-            raise bad("recipe", self.recipe, "must be a non-empty name")
-        problems = recipe_field_problems(self)
-        if problems:
-            raise ValueError(f"MethodConfig.{problems[0]}")
-        if self.variant not in VARIANTS:
-            raise bad("variant", self.variant, f"must be one of {VARIANTS}")
-        if not self.tau > 0:
-            raise bad("tau", self.tau, "must be > 0")
-        if self.lam < 0:
-            raise bad("lam", self.lam, "must be >= 0")
-        if self.image_size < 32:
-            raise bad("image_size", self.image_size, "must be >= 32")
-        for name in ("pretext_epochs", "epochs"):
-            if getattr(self, name) < 0:
-                raise bad(name, getattr(self, name), "must be >= 0")
-        if self.in_chans not in (1, 3):
-            raise bad("in_chans", self.in_chans, "must be 1 or 3")
-        if not 0 < self.label_fraction <= 1:
-            raise bad("label_fraction", self.label_fraction, "must be in (0, 1]")
-        if not 0 <= self.occlusion_prob <= 1:
-            raise bad("occlusion_prob", self.occlusion_prob, "must be in [0, 1]")
-        for p in self.protocols:
-            if p != "clean" and p not in SYNTHETIC_PROTOCOLS:
-                raise bad("protocols", p, f"valid: clean, {', '.join(SYNTHETIC_PROTOCOLS)}")
-        for name in ("pretext_policy", "finetune_policy"):
-            try:
-                make_policy(getattr(self, name))
-            except ValueError as exc:
-                raise bad(name, getattr(self, name), str(exc)) from None
-        if self.data.name not in DEFAULT_SPLITS:
-            raise bad(
-                "data",
-                self.data.name,
-                f"not a labelled training set; valid: {', '.join(DEFAULT_SPLITS)}",
-            )
-        for ref in self.real_occlusion:
-            if ref.name not in REAL_OCCLUSION_SETS:
-                raise bad("real_occlusion", ref.name, f"valid: {', '.join(REAL_OCCLUSION_SETS)}")
-        self._check_pretext_data()
-
-    def _check_pretext_data(self) -> None:
-        """Normalise ``pretext_data`` to a tuple and check each source (see the class doc).
-
-        Syntax, duplicates and validation/test splits are always checked; the file system
-        (missing folders, folders holding validation/test images) only when the variant has a
-        pretext stage, as a ``none`` run never reads the sources.
-        """
-        raw = self.pretext_data
-        sources = (raw,) if isinstance(raw, str) else tuple(raw) if isinstance(raw, list) else raw
-        if not isinstance(sources, tuple) or not sources:
-            raise ValueError(
-                f"MethodConfig.pretext_data={raw!r}: must name at least one source "
-                f"({SYNTHETIC!r}, a folder or NAME:ROOT[@SPLIT])"
-            )
-        object.__setattr__(self, "pretext_data", sources)
-        reads_files = self.variant != "none"
-        protected = [
-            (str(ref), split, folder.resolve())
-            for ref in ((self.data, *self.real_occlusion) if reads_files else ())
-            for split, folder in eval_split_folders(ref)
-        ]
-        seen: dict[Any, int] = {}
-        folders: list[tuple[int, Path]] = []
-        for i, source in enumerate(sources):
-
-            def bad(why: str, i: int = i, source: Any = source) -> ValueError:
-                return ValueError(f"MethodConfig.pretext_data[{i}]={source!r}: {why}")
-
-            problem = pretext_source_problem(source)
-            if problem is not None:
-                raise bad(problem)
-            ref = pretext_source_ref(source)
-            identity: Any
-            if ref is not None:
-                root = Path(str(ref.root)).expanduser()
-                identity = (ref.name, root.resolve(), ref.split or DEFAULT_SPLITS[ref.name][0])
-                identity += (ref.options,)
-                if reads_files and not root.exists():
-                    raise bad(f"dataset root {root} not found")
-            else:
-                identity = SYNTHETIC if source == SYNTHETIC else Path(source).expanduser().resolve()
-            if identity in seen:
-                raise bad(f"duplicate of pretext_data[{seen[identity]}]")
-            seen[identity] = i
-            if not isinstance(identity, Path):
-                continue
-            path = identity
-            for j, other in folders:
-                if path.is_relative_to(other) or other.is_relative_to(path):
-                    raise bad(f"overlaps pretext_data[{j}]={sources[j]!r}: images counted twice")
-            folders.append((i, path))
-            if not reads_files:
-                continue
-            if not path.is_dir():
-                hint = (
-                    f"; for the dataset write {source}:ROOT[@SPLIT]"
-                    if source in D.dataset_names()
-                    else ""
-                )
-                raise bad(
-                    f"is neither {SYNTHETIC!r}, an existing folder nor NAME:ROOT[@SPLIT]{hint}"
-                )
-            for data, split, folder in protected:
-                where = _path_relation(path, folder)
-                if where is not None:
-                    raise bad(
-                        f"{where} {folder}, which holds the {split} split of {data}: validation "
-                        "and test images never enter the pretext set"
-                    )
-
-    def pretext_key(self) -> dict[str, Any]:
-        """The settings the pretext stage's result depends on (used to match checkpoints)."""
-        return {
-            "variant": self.variant,
-            "pretext_data": list(self.pretext_data),
-            "image_size": self.image_size,
-            "in_chans": self.in_chans,
-            "arch": self.arch,
-            "stem": self.stem,
-            "pretext_epochs": self.pretext_epochs,
-            "batch_size": self.batch_size,
-            "pretext_lr": self.pretext_lr,
-            "optimizer": self.optimizer,
-            "weight_decay": self.weight_decay,
-            "schedule": self.schedule,
-            "warmup_epochs": self.warmup_epochs,
-            "augment": self.augment,
-            "tau": self.tau,
-            "lam": self.lam,
-            "pretext_policy": self.pretext_policy,
-            "pretext_limit": self.pretext_limit,
-            "max_steps": self.max_steps,
-            "seed": self.seed,
-        }
-
-    def to_dict(self) -> dict[str, Any]:
-        d = asdict(self)
-        d["data"] = str(self.data)
-        d["real_occlusion"] = [str(r) for r in self.real_occlusion]
-        d["protocols"] = list(self.protocols)
-        d["pretext_data"] = list(self.pretext_data)
-        return d
+def load_ref(
+    ref: DataRef, split: str, *, image_size: int | None, channels: int, **extra: Any
+) -> D.FaceSet:
+    """Load one split of ``ref`` with its loader options (``extra`` overrides them)."""
+    opts = dict(ref.options)
+    opts.update(extra)
+    return D.load(ref.name, ref.root, split, image_size=image_size, channels=channels, **opts)
 
 
 @dataclass
@@ -392,15 +117,17 @@ def load_method_data(config: MethodConfig, *, with_pretext: bool = True) -> Meth
     if name == SYNTHETIC:
         n = config.synthetic_size
         extra: dict[str, Any] = {"n": n}
-        train = config.data.load(train_split, image_size=size, channels=ch, **extra)
-        val = config.data.load("val", image_size=size, channels=ch, n=max(n // 6, 50))
-        test = config.data.load("test", image_size=size, channels=ch, n=max(n // 6, 50))
+        train = load_ref(config.data, train_split, image_size=size, channels=ch, **extra)
+        val = load_ref(config.data, "val", image_size=size, channels=ch, n=max(n // 6, 50))
+        test = load_ref(config.data, "test", image_size=size, channels=ch, n=max(n // 6, 50))
     else:
         train_split, val_split, test_split = labelled_splits(config.data)
-        train = config.data.load(config.data.split or train_split, image_size=size, channels=ch)
-        test = config.data.load(test_split, image_size=size, channels=ch)
+        train = load_ref(
+            config.data, config.data.split or train_split, image_size=size, channels=ch
+        )
+        test = load_ref(config.data, test_split, image_size=size, channels=ch)
         if val_split is not None:
-            val = config.data.load(val_split, image_size=size, channels=ch)
+            val = load_ref(config.data, val_split, image_size=size, channels=ch)
         else:
             train, val = holdout_split(train, 0.1, config.seed)
     if config.train_limit is not None and config.train_limit < len(train):
@@ -414,8 +141,8 @@ def load_method_data(config: MethodConfig, *, with_pretext: bool = True) -> Meth
             # Test in the label space the model was trained in (FER2013 → its 7 labels).
             opts["labels"] = "fer2013" if train.label_space.startswith("fer2013") else "ferplus"
         split = ref.split or D.splits(ref.name, ref.root)[0]
-        real[ref.name if ref.split is None else f"{ref.name}-{ref.split}"] = ref.load(
-            split, image_size=size, channels=ch, **opts
+        real[ref.name if ref.split is None else f"{ref.name}-{ref.split}"] = load_ref(
+            ref, split, image_size=size, channels=ch, **opts
         )
     pretext = load_pretext_data(config) if with_pretext else None
     return MethodData(pretext=pretext, train=train, val=val, test=test, real=real)
@@ -424,109 +151,6 @@ def load_method_data(config: MethodConfig, *, with_pretext: bool = True) -> Meth
 # ---------------------------------------------------------------------------------------------
 # Pretext sources
 # ---------------------------------------------------------------------------------------------
-
-#: Split names that hold validation or test images, whatever a dataset calls them.
-_EVAL_SPLIT = re.compile(r"test|val", re.IGNORECASE)
-
-
-def pretext_source_ref(source: str) -> DataRef | None:
-    """The labelled dataset a pretext source names, or None for ``synthetic-faces`` and folders.
-
-    A source is a dataset reference when it reads ``NAME:ROOT[@SPLIT]`` with a NAME free of path
-    separators (``fer2013:/data/fer2013@Training``); anything else is a folder.
-
-    Raises:
-        ValueError: for an unknown dataset NAME or a missing ROOT (from :meth:`DataRef.parse`).
-    """
-    if source == SYNTHETIC:
-        return None
-    name, sep, _ = source.partition(":")
-    if not sep or not name or "/" in name or "\\" in name:
-        return None
-    return DataRef.parse(source)
-
-
-def _pretext_ref_problem(ref: DataRef) -> str | None:
-    """Why a labelled dataset cannot be a pretext source, or None when it can."""
-    if ref.name not in DEFAULT_SPLITS or ref.name == SYNTHETIC:
-        valid = ", ".join(n for n in DEFAULT_SPLITS if n != SYNTHETIC)
-        return (
-            f"{ref.name} is not a labelled training set; valid NAME: {valid} "
-            f"(or plain {SYNTHETIC!r})"
-        )
-    if ref.split is None:
-        return None
-    train, val, test = DEFAULT_SPLITS[ref.name]
-    # Training splits only: every other split is, or shares images with, a validation/test
-    # split (CK+ ``all``, the RAF-DB/AffectNet challenge lists).
-    allowed = (train, "train") if ref.name == "fer2013" else (train,)
-    if ref.split in allowed:
-        return None
-    if ref.split in (val, test) or _EVAL_SPLIT.search(ref.split):
-        return (
-            f"split {ref.split!r} is a validation/test split of {ref.name}: validation and test "
-            "images never enter the pretext set"
-        )
-    valid = ", ".join(allowed)
-    return f"split {ref.split!r} is not a training split of {ref.name} (valid: {valid})"
-
-
-def pretext_source_problem(source: Any) -> str | None:
-    """Why ``source`` is no valid pretext source by its text alone, or None when it is valid
-    (:class:`MethodConfig` also checks the file system)."""
-    if not isinstance(source, str) or not source:
-        return f"must be a non-empty string: {SYNTHETIC!r}, a folder or NAME:ROOT[@SPLIT]"
-    try:
-        ref = pretext_source_ref(source)
-    except ValueError as exc:
-        return str(exc)
-    return None if ref is None else _pretext_ref_problem(ref)
-
-
-def eval_split_folders(ref: DataRef) -> list[tuple[str, Path]]:
-    """``(split, folder)`` of each existing folder that holds validation/test images of ``ref``.
-
-    FER2013 and FER+ keep one folder per split; RAF-DB, AffectNet and CK+ keep test images
-    beside training ones, so their whole image folder counts; the real-occlusion sets are
-    images of FER+ Test.
-    """
-    if ref.root is None:
-        return []
-    root = Path(ref.root).expanduser()
-    ferplus_test = [("test", root / "ferplus" / "FER2013Test")]
-    folders = {
-        "fer2013": [(s, root / s) for s in ("PublicTest", "PrivateTest", "test")],
-        "ferplus": [(s, root / f"FER2013{s}") for s in ("Valid", "Test")],
-        "rafdb": [("test", root / "Image")],
-        "affectnet": [("validation", root / "Manually_Annotated_Images")],
-        "ckplus": [("test", root)],
-        "occlusion-ferplus": ferplus_test,
-        "pose-ferplus": ferplus_test,
-    }.get(ref.name, [])
-    return [(split, folder) for split, folder in folders if folder.is_dir()]
-
-
-def _path_relation(path: Path, folder: Path) -> str | None:
-    """How resolved ``path`` relates to resolved ``folder`` (None: disjoint)."""
-    if path == folder:
-        return "is"
-    if folder.is_relative_to(path):
-        return "contains"
-    if path.is_relative_to(folder):
-        return "lies inside"
-    return None
-
-
-def pretext_source_label(source: str) -> str:
-    """A source without its location (``synthetic-faces``, ``folder:lfw``, ``fer2013@Training``),
-    for keys that must survive moving the data: the data fingerprint identifies the content."""
-    if source == SYNTHETIC:
-        return SYNTHETIC
-    ref = pretext_source_ref(source)
-    if ref is None:
-        return f"folder:{Path(source).expanduser().resolve().name}"
-    label = f"{ref.name}@{ref.split or DEFAULT_SPLITS[ref.name][0]}"
-    return label + "".join(f"?{k}={v}" for k, v in ref.options)
 
 
 def _holds_out_validation(config: MethodConfig) -> bool:
@@ -582,16 +206,18 @@ def _excluded_hashes(config: MethodConfig) -> set[bytes]:
     sets: list[D.FaceSet] = []
     if config.data.name != SYNTHETIC:
         train_split, val_split, test_split = labelled_splits(config.data)
-        sets.append(config.data.load(test_split, image_size=size, channels=ch))
+        sets.append(load_ref(config.data, test_split, image_size=size, channels=ch))
         if val_split is not None:
-            sets.append(config.data.load(val_split, image_size=size, channels=ch))
+            sets.append(load_ref(config.data, val_split, image_size=size, channels=ch))
         else:
             # The same held-out validation set load_method_data builds.
-            train = config.data.load(config.data.split or train_split, image_size=size, channels=ch)
+            train = load_ref(
+                config.data, config.data.split or train_split, image_size=size, channels=ch
+            )
             sets.append(holdout_split(train, 0.1, config.seed)[1])
     for ref in config.real_occlusion:
         split = ref.split or D.splits(ref.name, ref.root)[0]
-        sets.append(ref.load(split, image_size=size, channels=ch))
+        sets.append(load_ref(ref, split, image_size=size, channels=ch))
     return {h for fs in sets for h in image_hashes(fs.images)}
 
 
@@ -615,7 +241,7 @@ def _load_source(config: MethodConfig, source: str, limit: int | None) -> D.Face
     if ref is None:
         return D.load_unlabelled(source, image_size=size, channels=ch, limit=limit)
     split = ref.split or labelled_splits(ref)[0]
-    fs = ref.load(split, image_size=size, channels=ch)
+    fs = load_ref(ref, split, image_size=size, channels=ch)
     if limit is not None and limit < len(fs):
         fs = fs.subset(torch.arange(limit))
     return _unlabelled(fs)
@@ -808,6 +434,7 @@ def run_pretext(
             policy=policy,
             tau=config.tau,
             lam=config.lam,
+            gather_distributed=config.gather_negatives,
             image_size=config.image_size,
             runtime=runtime,
             generator=seeded_generator(config.seed, epoch, 1),
@@ -863,7 +490,10 @@ def finetune_key(config: MethodConfig) -> dict[str, Any]:
     """The settings the fine-tune stage depends on (besides the pretext result)."""
     d = config.to_dict()
     drop = ["protocols", "real_occlusion", "device"]
-    if config.variant == "none":
+    if not config.gather_negatives:
+        # Absent when off, so that checkpoints written before the option existed still match.
+        drop.append("gather_negatives")
+    if not config.method_variant.has_pretext:
         # No pretext stage: its settings cannot change the fine-tune result.
         drop += [
             "pretext_data",
@@ -921,9 +551,24 @@ def run_finetune(
     """Fine-tune F + C on clean ∪ occluded faces; validate each epoch on the clean val set.
 
     Keeps ``last.pt`` (resumable) and ``best.pt`` (best validation accuracy) in
-    ``checkpoint_dir`` and returns the model with the best weights loaded.
+    ``checkpoint_dir`` and returns the model with the best weights loaded. Both checkpoints
+    carry a :class:`~occstudy.models.ModelConfig`: the run's network and input size, the
+    training set's class names in label order, and the default normalisation of
+    :func:`occstudy.data.normalize` that every stage applies.
+
+    Raises:
+        ValueError: The run's settings or class names make no valid model config (before
+            any training).
     """
     hooks = hooks or Hooks()
+    # Built before training: a config that predict could not use fails now, not after an epoch.
+    model_config = ModelConfig(
+        arch=config.arch,
+        stem=config.stem,
+        in_chans=config.in_chans,
+        image_size=config.image_size,
+        class_names=train.classes,
+    )
     net = model
     runtime.prepare_model(net)
     wrapped = runtime.wrap(net)
@@ -1001,6 +646,7 @@ def run_finetune(
                     config=key,
                     data_fingerprint=fingerprint,
                     extra={"val_acc": best_acc, "classes": list(train.classes)},
+                    model_config=model_config,
                 )
         if last is not None and runtime.is_main:
             save_checkpoint(
@@ -1011,6 +657,7 @@ def run_finetune(
                 config=key,
                 data_fingerprint=fingerprint,
                 extra={"history": history},
+                model_config=model_config,
             )
         if hooks.on_epoch is not None:
             hooks.on_epoch("finetune", epoch, metrics)

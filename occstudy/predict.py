@@ -12,11 +12,17 @@ model's input channels, bilinear resize to the model's input size at decode time
 through the same tensor steps as evaluation: uint8 -> float [0, 1] -> resize -> normalise.
 Every bad input (missing or corrupt image, foreign checkpoint) raises ``FileNotFoundError`` or
 ``ValueError`` naming the file, never a deep torch or PIL trace.
+
+Architecture, input size, channels, normalisation and class names come from the checkpoint's
+:class:`~occstudy.models.ModelConfig`. Checkpoints written before it was recorded still load:
+their settings are inferred from the run configuration and the class names from the training
+set's name, and an :class:`InferredConfigWarning` says so.
 """
 
 from __future__ import annotations
 
 import math
+import warnings
 from collections.abc import Mapping, Sequence
 from dataclasses import dataclass
 from pathlib import Path
@@ -30,10 +36,11 @@ from torch import Tensor
 
 from occstudy.data import EMOTIONS, EMOTIONS7, normalize, resize, to_float
 from occstudy.data.imageio import decode_image
-from occstudy.models import ARCHS, STEMS, OccNet
-from occstudy.train import load_checkpoint
+from occstudy.models import NORM_MEAN, NORM_STD, ModelConfig, OccNet
+from occstudy.train import checkpoint_model_config, load_checkpoint
 
 __all__ = [
+    "InferredConfigWarning",
     "ModelInfo",
     "Prediction",
     "format_predictions",
@@ -44,9 +51,10 @@ __all__ = [
 ]
 
 # Label vocabularies each training set's loader can produce (see occstudy.data.labels): every
-# loader maps onto EMOTIONS, 7-class views drop contempt (EMOTIONS7). The checkpoint records
-# only the dataset spec, so the class names are recovered from the dataset name plus the
-# classifier's output count. Keys match by prefix ("fer2013*", "synthetic*").
+# loader maps onto EMOTIONS, 7-class views drop contempt (EMOTIONS7). Checkpoints without a
+# model config record only the dataset spec, so their class names are recovered from the
+# dataset name plus the classifier's output count. Keys match by prefix ("fer2013*",
+# "synthetic*").
 _DATASET_VOCABULARIES: dict[str, tuple[tuple[str, ...], ...]] = {
     "fer2013": (EMOTIONS7,),
     "synthetic": (EMOTIONS7,),
@@ -61,6 +69,10 @@ MASK_THRESHOLD = 0.5
 """Occlusion probability above which a pixel counts as occluded (as in the mask IoU metric)."""
 
 
+class InferredConfigWarning(UserWarning):
+    """A checkpoint has no model config: its settings and class names were inferred."""
+
+
 @dataclass(frozen=True)
 class ModelInfo:
     """What a checkpoint says about its model, beyond the weights.
@@ -72,14 +84,20 @@ class ModelInfo:
         stem: ResNet stem of F (``imagenet``, ``small`` or ``stride2``).
         heads: Heads present in the weights, e.g. ``("classifier", "mask")``.
         classes: Class name per classifier output, in output order.
-        classes_source: Where ``classes`` came from: ``"checkpoint"`` (the extra dict's
-            ``classes``), ``"data:<dataset>"`` (derived from the training set's name) or
-            ``"generic"`` (``class0``, ``class1``, ...: the dataset is unknown or its
-            vocabulary does not have the classifier's number of outputs).
+        classes_source: Where ``classes`` came from: ``"checkpoint"`` (the model config or, in
+            older checkpoints, the extra dict's ``classes``), ``"data:<dataset>"`` (derived
+            from the training set's name) or ``"generic"`` (``class0``, ``class1``, ...: the
+            dataset is unknown or its vocabulary does not have the classifier's number of
+            outputs).
         epoch: Last finished epoch recorded in the checkpoint.
         data: The training-set spec recorded in the checkpoint's configuration, if any.
         arch: Architecture of F (``resnet34`` for checkpoints written before it was recorded).
         tta_flip: Whether the model was validated and tested on faces and their mirror images.
+        mean: Normalisation mean, one value or one per channel (see
+            :class:`~occstudy.models.ModelConfig`).
+        std: Normalisation standard deviation, like ``mean``.
+        config_source: ``"checkpoint"`` when the checkpoint carries a model config,
+            ``"inferred"`` when it predates them and the settings were inferred.
     """
 
     checkpoint: Path
@@ -93,6 +111,22 @@ class ModelInfo:
     data: str | None = None
     arch: str = "resnet34"
     tta_flip: bool = False
+    mean: tuple[float, ...] = (NORM_MEAN,)
+    std: tuple[float, ...] = (NORM_STD,)
+    config_source: str = "checkpoint"
+
+    @property
+    def model_config(self) -> ModelConfig:
+        """The model config these settings amount to."""
+        return ModelConfig(
+            arch=self.arch,
+            stem=self.stem,
+            in_chans=self.in_chans,
+            image_size=self.image_size,
+            class_names=self.classes,
+            mean=self.mean,
+            std=self.std,
+        )
 
     @property
     def num_classes(self) -> int:
@@ -177,29 +211,18 @@ def _heads_and_classes(path: Path, state: Mapping[str, Any]) -> tuple[tuple[str,
     return heads, int(out_weights[-1].shape[0])
 
 
-def _read(path: Path, map_location: str | torch.device = "cpu") -> tuple[ModelInfo, dict]:
-    state = load_checkpoint(path, map_location=map_location)  # names the file on any error
-    weights = state["model"]
-    config = state.get("config")
-    if not isinstance(weights, Mapping) or not isinstance(config, Mapping):
-        raise ValueError(f"{path}: checkpoint lacks the model weights or the configuration")
+def _infer_config(
+    path: Path, state: Mapping[str, Any], config: Mapping[str, Any], num_classes: int
+) -> tuple[ModelConfig, str]:
+    """Model config of a checkpoint written before configs were recorded, and where its class
+    names came from: the settings are the run configuration's, the normalisation the one
+    every run used then."""
     missing = [k for k in ("image_size", "in_chans", "stem") if k not in config]
     if missing:
         raise ValueError(
             f"{path}: configuration lacks {missing}; is this a fine-tune checkpoint "
             "(finetune/best.pt or last.pt)?"
         )
-    image_size, in_chans, stem = config["image_size"], config["in_chans"], config["stem"]
-    if not isinstance(image_size, int) or image_size < 32:
-        raise ValueError(f"{path}: configuration image_size={image_size!r} is not an int >= 32")
-    if in_chans not in (1, 3):
-        raise ValueError(f"{path}: configuration in_chans={in_chans!r} is not 1 or 3")
-    if stem not in STEMS:
-        raise ValueError(f"{path}: configuration stem={stem!r} is not one of {STEMS}")
-    arch = config.get("arch", "resnet34")
-    if arch not in ARCHS:
-        raise ValueError(f"{path}: configuration arch={arch!r} is not one of {ARCHS}")
-    heads, num_classes = _heads_and_classes(path, weights)
     extra = state.get("extra")
     named = extra.get("classes") if isinstance(extra, Mapping) else None
     if named is not None:
@@ -213,19 +236,68 @@ def _read(path: Path, map_location: str | torch.device = "cpu") -> tuple[ModelIn
         classes, source = tuple(named), "checkpoint"
     else:
         classes, source = _derive_classes(config.get("data"), num_classes)
+    try:
+        inferred = ModelConfig(
+            arch=config.get("arch", "resnet34"),
+            stem=config["stem"],
+            in_chans=config["in_chans"],
+            image_size=config["image_size"],
+            class_names=classes,
+        )
+    except ValueError as exc:
+        raise ValueError(f"{path}: configuration does not describe a usable model: {exc}") from None
+    return inferred, source
+
+
+def _read(path: Path, map_location: str | torch.device = "cpu") -> tuple[ModelInfo, dict]:
+    state = load_checkpoint(path, map_location=map_location)  # names the file on any error
+    weights = state["model"]
+    if not isinstance(weights, Mapping):
+        raise ValueError(f"{path}: checkpoint lacks the model weights")
+    model_config = checkpoint_model_config(state, path)  # validated; names the file
+    raw = state.get("config")
+    config: Mapping[str, Any] = raw if isinstance(raw, Mapping) else {}
+    if model_config is None and not isinstance(raw, Mapping):
+        raise ValueError(f"{path}: checkpoint has neither a model config nor a configuration")
+    heads, num_classes = _heads_and_classes(path, weights)
+    if model_config is not None:
+        if model_config.num_classes != num_classes:
+            raise ValueError(
+                f"{path}: model config names {model_config.num_classes} classes but the "
+                f"classifier has {num_classes} outputs"
+            )
+        source, config_source = "checkpoint", "checkpoint"
+    else:
+        model_config, source = _infer_config(path, state, config, num_classes)
+        config_source = "inferred"
+        how = {
+            "checkpoint": "its checkpoint's extra 'classes'",
+            "generic": "nowhere (generic class0, class1, ...: unknown data set)",
+        }.get(source, f"the training set's name, {source} (guessed)")
+        warnings.warn(
+            f"{path}: checkpoint has no model config (written before configs were recorded); "
+            f"arch, stem, channels and input size inferred from its run configuration, class "
+            f"names from {how}, normalisation assumed mean={model_config.mean}, "
+            f"std={model_config.std}",
+            InferredConfigWarning,
+            stacklevel=3,
+        )
     data = config.get("data")
     info = ModelInfo(
         checkpoint=path,
-        image_size=image_size,
-        in_chans=int(in_chans),
-        stem=str(stem),
+        image_size=model_config.image_size,
+        in_chans=model_config.in_chans,
+        stem=model_config.stem,
         heads=heads,
-        classes=classes,
+        classes=model_config.class_names,
         classes_source=source,
         epoch=int(state.get("epoch", -1)),
         data=data if isinstance(data, str) else None,
-        arch=str(arch),
+        arch=model_config.arch,
         tta_flip=config.get("tta_flip") is True,
+        mean=model_config.mean,
+        std=model_config.std,
+        config_source=config_source,
     )
     return info, dict(weights)
 
@@ -233,11 +305,15 @@ def _read(path: Path, map_location: str | torch.device = "cpu") -> tuple[ModelIn
 def read_model_info(checkpoint: str | Path) -> ModelInfo:
     """Describe a fine-tune checkpoint without building the network.
 
-    Class names: the checkpoint's ``extra["classes"]`` when present; otherwise derived from
-    the recorded training set (``fer2013*``, ``synthetic*``, ``rafdb`` -> ``EMOTIONS7``;
-    ``ckplus`` and 8-class ``ferplus``/``affectnet``/``fedro`` -> ``EMOTIONS``; their 7-class
-    views -> ``EMOTIONS7``); when the data set is unknown or the classifier's output count
-    matches none of its vocabularies, generic names ``class0``, ``class1``, ... (and
+    Settings and class names come from the checkpoint's model config. Checkpoints without
+    one (written before configs were recorded) get ``config_source == "inferred"`` and an
+    :class:`InferredConfigWarning`: arch, stem, channels and input size come from the run
+    configuration, the normalisation is the one all runs used, and class names are the
+    checkpoint's ``extra["classes"]`` when present, otherwise derived from the recorded
+    training set (``fer2013*``, ``synthetic*``, ``rafdb`` -> ``EMOTIONS7``; ``ckplus`` and
+    8-class ``ferplus``/``affectnet``/``fedro`` -> ``EMOTIONS``; their 7-class views ->
+    ``EMOTIONS7``); when the data set is unknown or the classifier's output count matches
+    none of its vocabularies, generic names ``class0``, ``class1``, ... (and
     ``classes_source == "generic"``).
 
     Args:
@@ -272,10 +348,10 @@ def load_model(
 ) -> tuple[OccNet, ModelInfo]:
     """Rebuild the fine-tuned network from a checkpoint (``best.pt`` / ``last.pt``).
 
-    The architecture comes from the checkpoint: ``in_chans`` and ``stem`` from its
-    configuration, the heads from the weight names (``classifier.``, ``mask_head.``,
-    ``projector.``), the class count from the classifier's output layer. See
-    :func:`read_model_info` for how class names are chosen.
+    The architecture comes from the checkpoint: arch, stem and ``in_chans`` from its model
+    config (inferred for older checkpoints, see :func:`read_model_info`), the heads from the
+    weight names (``classifier.``, ``mask_head.``, ``projector.``); the class count is checked
+    against the classifier's output layer.
 
     Args:
         checkpoint: Checkpoint file.
@@ -294,13 +370,7 @@ def load_model(
     # Load on CPU whatever the device: the weights are copied into the model anyway, and a
     # checkpoint written on a GPU must still open on a CPU-only machine.
     info, weights = _read(path, "cpu")
-    model = OccNet(
-        in_chans=info.in_chans,
-        stem=info.stem,
-        arch=info.arch,
-        heads=info.heads,
-        num_classes=info.num_classes,
-    )
+    model = OccNet.from_config(info.model_config, heads=info.heads)
     try:
         model.load_state_dict(weights)
     except RuntimeError as exc:
@@ -332,6 +402,16 @@ def _decode(path: Path, image_size: int | None, channels: int) -> np.ndarray:
         return decode_image(path, image_size, channels)
     except Image.DecompressionBombError as exc:  # not an OSError, so decode_image lets it by
         raise ValueError(f"{path}: cannot decode image ({exc})") from None
+
+
+def _normalize(x: Tensor, mean: tuple[float, ...], std: tuple[float, ...]) -> Tensor:
+    """Normalise float (B, C, H, W) images with a model config's mean and std."""
+    if len(mean) == 1 and len(std) == 1:
+        # The training path, bit for bit.
+        return normalize(x, mean[0], std[0])
+    m = torch.tensor(mean, dtype=x.dtype, device=x.device).view(1, -1, 1, 1)
+    s = torch.tensor(std, dtype=x.dtype, device=x.device).view(1, -1, 1, 1)
+    return (x - m) / s
 
 
 def _load_batch(paths: Sequence[Path], image_size: int, in_chans: int) -> Tensor:
@@ -400,7 +480,7 @@ def predict_images(
             for start in range(0, len(files), batch_size):
                 chunk = files[start : start + batch_size]
                 x = to_float(_load_batch(chunk, info.image_size, info.in_chans))
-                x = normalize(resize(x, info.image_size)).to(dev)
+                x = _normalize(resize(x, info.image_size), info.mean, info.std).to(dev)
                 if with_mask:
                     # One pass for both: U_o reads conv1's output, which C's trunk also needs.
                     logits, mask_logits = model.forward_with_mask(x)

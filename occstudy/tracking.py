@@ -40,13 +40,19 @@ from dataclasses import dataclass
 from pathlib import Path
 from typing import TYPE_CHECKING, Any
 
+from occstudy.method import PARAMETERS, mlflow_param_name
+
 if TYPE_CHECKING:
     import torch
     from matplotlib.figure import Figure
     from mlflow.entities import Run
     from mlflow.tracking import MlflowClient
 
+    from occstudy.method import MethodConfig
+
 __all__ = [
+    "CATEGORICAL_PARAMS",
+    "PARAM_NAMES",
     "RUN_STATUSES",
     "RunRef",
     "StudyTracker",
@@ -63,6 +69,9 @@ __all__ = [
     "log_metrics",
     "log_params",
     "log_results",
+    "method_params",
+    "method_tags",
+    "real_mask_picture_name",
     "redact",
     "run_status",
     "set_tags",
@@ -601,6 +610,70 @@ def _study_params(study_name: str, study_dict: Mapping[str, Any]) -> dict[str, s
 
 
 # --------------------------------------------------------------------------------------------
+# The params and tags of a run of the method (the names every study's runs share)
+
+#: MLflow param name of each method parameter that has one of its own (λ is ``lam`` in
+#: configs and studies, ``lambda`` in MLflow), from :data:`occstudy.method.PARAMETERS`.
+PARAM_NAMES: dict[str, str] = {name: mlflow_param_name(name) for name in PARAMETERS}
+#: Categorical method parameters, logged (and read back) as text.
+CATEGORICAL_PARAMS: tuple[str, ...] = tuple(n for n, p in PARAMETERS.items() if p.categorical)
+#: MethodConfig fields logged under their own name, after the parameters.
+_CONFIG_PARAMS: tuple[str, ...] = (
+    "label_fraction",
+    "epochs",
+    "pretext_epochs",
+    "batch_size",
+    "image_size",
+    "recipe",
+    "stem",
+    "optimizer",
+    "weight_decay",
+    "schedule",
+    "warmup_epochs",
+    "label_smoothing",
+    "augment",
+    "tta_flip",
+    "pretext_policy",
+    "finetune_policy",
+    "balanced",
+)
+
+
+def _fold(config: MethodConfig) -> int | None:
+    fold = dict(config.data.options).get("fold")
+    return None if fold is None else int(fold)
+
+
+def method_params(config: MethodConfig) -> dict[str, Any]:
+    """MLflow params of a run: the same names in every run of every study (``fold`` only in
+    k-fold studies, ``gather_negatives`` only where it is on)."""
+    fold = _fold(config)
+    return {
+        **({"fold": fold} if fold is not None else {}),
+        "variant": config.variant,
+        "seed": config.seed,
+        **{PARAM_NAMES[name]: getattr(config, name) for name in PARAMETERS},
+        "dataset": str(config.data),
+        "pretext_data": ",".join(config.pretext_data),
+        **{name: getattr(config, name) for name in _CONFIG_PARAMS},
+        **({"gather_negatives": True} if config.gather_negatives else {}),
+    }
+
+
+def method_tags(config: MethodConfig, trial: str) -> dict[str, str]:
+    """Tags of a run that the MLflow UI filters on (``tags.variant = 'ss'``)."""
+    fold = _fold(config)
+    return {
+        **({"fold": str(fold)} if fold is not None else {}),
+        "dataset": config.data.name,
+        "variant": config.variant,
+        "seed": str(config.seed),
+        "label_fraction": str(config.label_fraction),
+        "trial": trial,
+    }
+
+
+# --------------------------------------------------------------------------------------------
 # Stateless helpers, usable from any process given a RunRef
 
 
@@ -847,6 +920,16 @@ def log_mask_picture(
     if inputs.ndim != 4 or pred_logits.ndim != 4:
         raise ValueError("inputs and pred_logits must be (N, C, H, W) tensors")
     _log_figure(run, mask_figure(inputs, true_masks, pred_logits), f"masks/{name}")
+
+
+def real_mask_picture_name(test_set: str) -> str:
+    """File name (under ``masks/``) of a trial's predicted masks on a real-occlusion test set:
+    ``real-<set>.png``, the set's name (its ``test.<set>.*`` protocol) made file-safe.
+
+    The fine-tune trial logs it (:func:`occstudy.study.worker.log_real_mask_examples`) and the
+    report reads it back under this name.
+    """
+    return f"real-{re.sub(r'[^A-Za-z0-9_.-]', '_', test_set)}.png"
 
 
 def find_runs(

@@ -27,7 +27,9 @@ import torch.nn.functional as F
 from torch import Tensor, nn
 
 from occstudy.data import normalize, random_crop_flip, resize, to_float
-from occstudy.losses import PRETEXT_VARIANTS, pretext_loss
+from occstudy.losses import pretext_loss
+from occstudy.method import PRETEXT_VARIANTS, get_variant
+from occstudy.models import ModelConfig, ResNetExtractor
 from occstudy.occlusion import Occluder
 
 #: ``callback(step, metrics)`` is called every ``log_every`` steps with running means.
@@ -166,6 +168,7 @@ def pretext_one_epoch(
     lr_schedule: LRSchedule | None = None,
     first_step: int = 0,
     augment: bool = True,
+    gather_distributed: bool = False,
 ) -> dict[str, float]:
     """Train F, R and U_o for one epoch on unlabelled faces with L_pre.
 
@@ -190,6 +193,11 @@ def pretext_one_epoch(
         lr_schedule: Learning rate per global step (None: leave the optimiser's rate).
         first_step: Global step of this epoch's first step (for ``lr_schedule``).
         augment: Random crop + flip before occlusion.
+        gather_distributed: Under DDP (world size > 1), L_SS takes the other workers'
+            embeddings as extra negatives, so each worker's loss is the global batch's
+            restricted to its own anchors (see :func:`occstudy.losses.similarity_loss`).
+            False (the paper's single-GPU setting): each worker contrasts within its own
+            batch. No effect without an initialised process group, or for ``mask``.
 
     Returns:
         Epoch means ``loss``, ``loss_ss``, ``loss_mask``, plus ``images`` (clean faces seen),
@@ -199,8 +207,7 @@ def pretext_one_epoch(
         raise ValueError(
             f"pretext_one_epoch: variant must be one of {PRETEXT_VARIANTS}, got {variant!r}"
         )
-    need_z = variant in ("ss", "ss+mask")
-    need_mask = variant in ("mask", "ss+mask")
+    need_z, need_mask = get_variant(variant).uses_ss, get_variant(variant).uses_mask
     model.train()
     means = _Means()
     start = time.perf_counter()
@@ -222,6 +229,7 @@ def pretext_one_epoch(
             mask=mask,
             tau=tau,
             lam=lam,
+            gather_distributed=gather_distributed,
         )
         if not torch.isfinite(terms.total):
             raise FloatingPointError(f"pretext loss is {terms.total.item()} at step {steps}")
@@ -381,6 +389,33 @@ def make_optimizer(
 CHECKPOINT_FORMAT = 1
 
 
+#: Key of the :class:`~occstudy.models.ModelConfig` (as ``to_dict()``) in a checkpoint. It is
+#: absent from checkpoints written before configs were recorded, and None in those written
+#: without one (e.g. pretext checkpoints); the format number did not change, so older readers
+#: still open newer checkpoints.
+MODEL_CONFIG_KEY = "model_config"
+
+
+def _check_model_config(net: nn.Module, model_config: ModelConfig, path: Path) -> None:
+    """Refuse to record a config that does not describe the weights saved with it."""
+    extractor = getattr(net, "extractor", None)
+    if isinstance(extractor, ResNetExtractor):
+        got = (extractor.arch, extractor.stem, extractor.in_chans)
+        want = (model_config.arch, model_config.stem, model_config.in_chans)
+        if got != want:
+            raise ValueError(
+                f"{path}: model config says (arch, stem, in_chans)={want} but the model is {got}"
+            )
+    classifier = getattr(net, "classifier", None)
+    if isinstance(classifier, nn.Module):
+        linears = [m for m in classifier.modules() if isinstance(m, nn.Linear)]
+        if linears and linears[-1].out_features != model_config.num_classes:
+            raise ValueError(
+                f"{path}: model config names {model_config.num_classes} classes but the "
+                f"classifier has {linears[-1].out_features} outputs"
+            )
+
+
 def save_checkpoint(
     path: str | os.PathLike[str],
     *,
@@ -390,16 +425,25 @@ def save_checkpoint(
     config: Mapping[str, Any],
     data_fingerprint: str,
     extra: Mapping[str, Any] | None = None,
+    model_config: ModelConfig | None = None,
 ) -> Path:
     """Write a resumable checkpoint atomically (a crash never leaves a half-written file).
 
     Contents: model state, optimiser state, the last finished epoch, the run's configuration
-    (plain JSON-able values) and the fingerprint of the data it was trained on. Everything is
-    tensors and plain Python values, so :func:`load_checkpoint` can use ``weights_only=True``.
+    (plain JSON-able values), the fingerprint of the data it was trained on and, when given,
+    the model config (under :data:`MODEL_CONFIG_KEY`, read back by
+    :func:`checkpoint_model_config`). Everything is tensors and plain Python values, so
+    :func:`load_checkpoint` can use ``weights_only=True``.
+
+    Raises:
+        ValueError: ``model_config`` does not match the model's architecture, stem, input
+            channels or number of classes.
     """
     path = Path(path)
-    path.parent.mkdir(parents=True, exist_ok=True)
     net = unwrap(model)
+    if model_config is not None:
+        _check_model_config(net, model_config, path)
+    path.parent.mkdir(parents=True, exist_ok=True)
     state = {
         "format": CHECKPOINT_FORMAT,
         "model": net.state_dict(),
@@ -408,6 +452,7 @@ def save_checkpoint(
         "config": dict(config),
         "data_fingerprint": data_fingerprint,
         "extra": dict(extra or {}),
+        MODEL_CONFIG_KEY: model_config.to_dict() if model_config is not None else None,
     }
     tmp = path.with_name(path.name + ".tmp")
     torch.save(state, tmp)
@@ -438,6 +483,30 @@ def load_checkpoint(
     ):
         raise ValueError(f"{path} is not an occstudy checkpoint (format {CHECKPOINT_FORMAT})")
     return state
+
+
+def checkpoint_model_config(
+    state: Mapping[str, Any], path: str | os.PathLike[str]
+) -> ModelConfig | None:
+    """The model config of a checkpoint loaded by :func:`load_checkpoint`.
+
+    Args:
+        state: The loaded checkpoint.
+        path: Its file, for messages.
+
+    Returns:
+        The validated config, or None when the checkpoint was written without one.
+
+    Raises:
+        ValueError: naming the path, when the stored config is invalid.
+    """
+    raw = state.get(MODEL_CONFIG_KEY)
+    if raw is None:
+        return None
+    try:
+        return ModelConfig.from_dict(raw)
+    except ValueError as exc:
+        raise ValueError(f"{path}: invalid model config in checkpoint: {exc}") from None
 
 
 def extractor_state(model_state: Mapping[str, Tensor]) -> dict[str, Tensor]:

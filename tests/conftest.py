@@ -21,7 +21,7 @@ def local_ray():
     user's notebook, which saves a Ray start and shutdown per study."""
     import ray
 
-    from occstudy.study.runner import configure_environment
+    from occstudy.study.environment import configure_environment
 
     with pytest.MonkeyPatch.context() as mp:
         mp.setenv("RAY_ENABLE_WINDOWS_OR_OSX_CLUSTER", "0")

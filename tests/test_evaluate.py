@@ -3,6 +3,7 @@ import torch
 
 from occstudy.data import FaceSet, synthetic_faces
 from occstudy.evaluate import (
+    OCCLUDED_AREA,
     classification_metrics,
     confusion_matrix,
     evaluate,
@@ -179,6 +180,30 @@ def test_groups_without_names_are_not_broken_down() -> None:
         real={"occ": _real_set()},
     )
     assert res["occ"].regions == {} and not any(".region." in k for k in summarize(res))
+
+
+def test_synthetic_protocols_carry_the_area_their_occluder_covered() -> None:
+    test = synthetic_faces(70, seed=5, image_size=48)  # more than one 64-image protocol block
+    protocols = ("clean", "r8", "r16", "r24", "mouth")
+    res = evaluate(
+        _Replay([0] * (70 * len(protocols) + 6), 7),  # type: ignore[arg-type]
+        test,
+        image_size=48,
+        runtime=Runtime.auto("cpu"),
+        protocols=protocols,
+        real={"other": synthetic_faces(6, seed=6, image_size=48)},
+    )
+    # One square of side 8, 16, 24 px on each 48 x 48 face: 64, 256, 576 of 2304 pixels.
+    assert res["r8"].occluded_area == pytest.approx(1 / 36)
+    assert res["r16"].occluded_area == pytest.approx(1 / 9)
+    assert res["r24"].occluded_area == pytest.approx(1 / 4)
+    # The mouth band keeps its box's size, 0.25 x 0.56 of the face (up to pixel rounding).
+    assert res["mouth"].occluded_area == pytest.approx(0.25 * 0.56, abs=0.01)
+    # Nothing covered on clean images, and a real set's occluders are not measured.
+    assert res["clean"].occluded_area is None and res["other"].occluded_area is None
+    # Carried in extra: logged beside the accuracy as test.r16.occluded_area.
+    assert res["r16"].to_dict()["extra"] == {OCCLUDED_AREA: pytest.approx(1 / 9)}
+    assert OCCLUDED_AREA == "occluded_area"
 
 
 def test_tta_flip_is_the_argmax_of_the_mean_softmax_of_face_and_mirror() -> None:

@@ -77,6 +77,22 @@ def test_similarity_loss_rejects_mismatched_shapes() -> None:
         similarity_loss(torch.randn(2, 3, 1), torch.randn(2, 3, 1), 1.0)
 
 
+def test_similarity_loss_gather_without_process_group_is_local() -> None:
+    # No torch.distributed group in this process: gather_distributed must change nothing.
+    assert not (torch.distributed.is_available() and torch.distributed.is_initialized())
+    g = torch.Generator().manual_seed(3)
+    base = torch.randn(2, 5, 4, generator=g)
+    results = []
+    for gather in (False, True):
+        z_po, z_pc = (t.clone().requires_grad_(True) for t in base)
+        loss = similarity_loss(z_po, z_pc, 0.3, gather_distributed=gather)
+        loss.backward()
+        results.append((loss.detach(), z_po.grad, z_pc.grad))
+    for off, on in zip(*results, strict=True):
+        assert torch.equal(off, on)
+    assert torch.equal(results[0][0], similarity_loss(base[0], base[1], 0.3))
+
+
 @pytest.mark.parametrize("shape", [(3, 1, 4, 5), (2, 6, 6)])
 def test_occlusion_loss_matches_reference(shape: tuple[int, ...]) -> None:
     g = torch.Generator().manual_seed(1)

@@ -1,13 +1,15 @@
 """Tests of occstudy.predict: checkpoint -> model, image files -> predictions, overlays, text.
 
 The machine is shared with long benchmarks, so the whole module builds only two ResNet-34s
-(the saved network and the one load_model rebuilds) at 32 px; class-name and error tests use
-checkpoints of tiny stand-in modules whose state-dict keys look like OccNet's.
+(the saved network and the one load_model rebuilds) at 32 px, plus a few ResNet-18s for one
+pipeline-written checkpoint; class-name and error tests use checkpoints of tiny stand-in
+modules whose state-dict keys look like OccNet's.
 """
 
 from __future__ import annotations
 
 import dataclasses
+import warnings
 from pathlib import Path
 
 import numpy as np
@@ -17,8 +19,10 @@ from PIL import Image
 from torch import nn
 
 from occstudy.data import EMOTIONS, EMOTIONS7, synthetic_faces
-from occstudy.models import Classifier, MaskHead, OccNet
+from occstudy.models import Classifier, MaskHead, ModelConfig, OccNet
+from occstudy.pipeline import MethodConfig, build_finetune_model, run_finetune
 from occstudy.predict import (
+    InferredConfigWarning,
     ModelInfo,
     Prediction,
     format_predictions,
@@ -27,7 +31,7 @@ from occstudy.predict import (
     read_model_info,
     save_overlay,
 )
-from occstudy.train import save_checkpoint
+from occstudy.train import Runtime, load_checkpoint, save_checkpoint
 
 SIZE = 32
 CONFIG = {
@@ -39,7 +43,19 @@ CONFIG = {
 }
 
 
-def _save(path: Path, model: nn.Module, config: dict | None = None, extra=None) -> Path:
+MODEL_CONFIG = ModelConfig(
+    arch="resnet34", stem="imagenet", in_chans=1, image_size=SIZE, class_names=EMOTIONS7
+)
+
+
+def _save(
+    path: Path,
+    model: nn.Module,
+    config: dict | None = None,
+    extra=None,
+    model_config: ModelConfig | None = None,
+) -> Path:
+    """Without ``model_config``: an old-style checkpoint, as written before configs were kept."""
     return save_checkpoint(
         path,
         model=model,
@@ -48,7 +64,16 @@ def _save(path: Path, model: nn.Module, config: dict | None = None, extra=None) 
         config=CONFIG if config is None else config,
         data_fingerprint="x",
         extra=extra,
+        model_config=model_config,
     )
+
+
+@pytest.fixture
+def no_inferred_warning():
+    """Fail on InferredConfigWarning: checkpoints with a model config must not need it."""
+    with warnings.catch_warnings():
+        warnings.simplefilter("error", InferredConfigWarning)
+        yield
 
 
 class _HeadsOnly(nn.Module):
@@ -66,11 +91,11 @@ def setup(tmp_path_factory):
     root = tmp_path_factory.mktemp("predict")
     torch.manual_seed(0)
     net = OccNet(heads=("classifier", "mask"), num_classes=7)
-    with_mask = _save(root / "best.pt", net)
+    with_mask = _save(root / "best.pt", net, model_config=MODEL_CONFIG)
     # Same network minus U_o: covers fine-tunes whose pretext stage had no mask head
     # without building a third ResNet.
     net.mask_head = None
-    without_mask = _save(root / "nomask.pt", net)
+    without_mask = _save(root / "nomask.pt", net, model_config=MODEL_CONFIG)
     faces = synthetic_faces(3, image_size=48)
     paths = []
     for i in range(3):
@@ -95,7 +120,8 @@ def test_load_model_reads_architecture_and_classes(setup):
     assert model.mask_head is not None and model.projector is None
     assert (info.image_size, info.in_chans, info.stem) == (SIZE, 1, "imagenet")
     assert info.heads == ("mask", "classifier") and info.has_mask
-    assert info.classes == EMOTIONS7 and info.classes_source == "data:synthetic-faces"
+    assert info.classes == EMOTIONS7 and info.classes_source == "checkpoint"
+    assert info.config_source == "checkpoint" and info.model_config == MODEL_CONFIG
     assert info.checkpoint == setup["with_mask"]
 
 
@@ -126,7 +152,7 @@ def test_predict_accepts_colour_and_any_size(setup, tmp_path):
     assert pred.mask is not None and pred.mask.shape == (SIZE, SIZE)
 
 
-def test_model_without_mask_head(setup):
+def test_model_without_mask_head(setup, no_inferred_warning):
     info = read_model_info(setup["without_mask"])
     assert info.heads == ("classifier",) and not info.has_mask
     preds = predict_images(setup["no_mask_net"], info, setup["paths"][:1])
@@ -193,6 +219,32 @@ def test_bad_checkpoints(tmp_path):
         load_model(no_size)
     with pytest.raises(ValueError, match="device"):
         load_model(no_size, device="no-such-device")
+    # An old-style configuration asking for huge inputs is refused before anything is built.
+    huge = _save(tmp_path / "huge.pt", _HeadsOnly(), config={**CONFIG, "image_size": 10**6})
+    with pytest.raises(ValueError, match=r"huge.pt.*image_size=1000000.*\[32, 1024\]"):
+        read_model_info(huge)
+
+
+def _craft(path: Path, **model_config) -> Path:
+    """An old-style checkpoint of a 7-class stand-in, with a hand-written model config."""
+    _save(path, _HeadsOnly(num_classes=7))
+    state = torch.load(path, weights_only=True)
+    state["model_config"] = {**MODEL_CONFIG.to_dict(), **model_config}
+    torch.save(state, path)
+    return path
+
+
+def test_crafted_model_configs_are_refused(tmp_path):
+    with pytest.raises(ValueError, match=r"big.pt: invalid model config.*image_size=1000000"):
+        read_model_info(_craft(tmp_path / "big.pt", image_size=10**6))
+    with pytest.raises(ValueError, match=r"three.pt: model config names 3 classes.*7 outputs"):
+        read_model_info(_craft(tmp_path / "three.pt", class_names=["a", "b", "c"]))
+    with pytest.raises(ValueError, match=r"extra.pt: invalid model config.*unknown keys"):
+        read_model_info(_craft(tmp_path / "extra.pt", weights_url="http://x"))
+    # The writer refuses a config that does not describe the weights.
+    with pytest.raises(ValueError, match=r"w.pt: model config names 7 classes.*3 outputs"):
+        _save(tmp_path / "w.pt", _HeadsOnly(num_classes=3), model_config=MODEL_CONFIG)
+    assert not (tmp_path / "w.pt").exists()
 
 
 @pytest.mark.parametrize(
@@ -209,20 +261,128 @@ def test_bad_checkpoints(tmp_path):
     ],
 )
 def test_class_names_from_data(tmp_path, data, n, expected, source):
+    """Old-style checkpoints: names guessed from the training set's name, with a warning."""
     path = _save(tmp_path / "c.pt", _HeadsOnly(num_classes=n), config={**CONFIG, "data": data})
-    info = read_model_info(path)
+    with pytest.warns(
+        InferredConfigWarning, match=f"c.pt: checkpoint has no model config.*{source}"
+    ):
+        info = read_model_info(path)
     assert info.classes == expected and info.classes_source == source
     assert info.num_classes == n and info.heads == ("classifier",)
+    assert info.config_source == "inferred"
 
 
 def test_class_names_from_checkpoint_extra(tmp_path):
     names = ["calm", "joy", "rage"]
     path = _save(tmp_path / "c.pt", _HeadsOnly(num_classes=3), extra={"classes": names})
-    info = read_model_info(path)
+    with pytest.warns(InferredConfigWarning, match="class names from its checkpoint"):
+        info = read_model_info(path)
     assert info.classes == tuple(names) and info.classes_source == "checkpoint"
+    assert info.config_source == "inferred"
     bad = _save(tmp_path / "bad.pt", _HeadsOnly(num_classes=3), extra={"classes": ["a"]})
     with pytest.raises(ValueError, match="bad.pt.*3 outputs"):
         read_model_info(bad)
+
+
+def test_class_names_from_model_config_win_over_the_data_guess(tmp_path, no_inferred_warning):
+    names = ("calm", "joy", "rage")
+    cfg = dataclasses.replace(MODEL_CONFIG, class_names=names)
+    # The recorded data set would make the guess EMOTIONS7 (see test_class_names_from_data).
+    path = _save(tmp_path / "c.pt", _HeadsOnly(num_classes=3), model_config=cfg)
+    info = read_model_info(path)
+    assert info.classes == names and info.model_config == cfg
+
+
+def test_predict_normalises_with_the_checkpoint_mean_and_std(setup, tmp_path):
+    grey = tmp_path / "grey.png"
+    Image.new("L", (SIZE, SIZE), 128).save(grey)
+    info = dataclasses.replace(setup["info"], mean=(0.2,), std=(0.3,))
+    (pred,) = predict_images(setup["model"], info, grey)
+    x = torch.full((1, 1, SIZE, SIZE), (128 / 255 - 0.2) / 0.3)
+    with torch.no_grad():
+        expected = torch.softmax(setup["model"](x), dim=1)[0].tolist()
+    assert list(pred.probabilities.values()) == pytest.approx(expected, abs=1e-5)
+    (default,) = predict_images(setup["model"], setup["info"], grey)
+    assert default.probabilities != pytest.approx(pred.probabilities, abs=1e-3)
+
+
+# ------------------------------------------------------------- checkpoints the pipeline writes
+
+#: Class names unlike any data set's, so that only the model config can produce them.
+CUSTOM = ("calm", "joy", "rage", "fear", "awe", "shame", "pride")
+
+
+@pytest.fixture(scope="module")
+def pipeline_run(tmp_path_factory):
+    """One fine-tune epoch of one step (ResNet-18, 32 px) on faces renamed to CUSTOM."""
+    root = tmp_path_factory.mktemp("pipeline")
+    faces = dataclasses.replace(synthetic_faces(16, image_size=SIZE), classes=CUSTOM)
+    config = MethodConfig(
+        variant="none",
+        image_size=SIZE,
+        arch="resnet18",
+        stem="stride2",
+        batch_size=8,
+        epochs=1,
+        max_steps=1,
+        device="cpu",
+    )
+    model = build_finetune_model(config, len(CUSTOM), None)
+    run_finetune(
+        config,
+        model,
+        faces,
+        faces,
+        runtime=Runtime(device=torch.device("cpu")),
+        checkpoint_dir=root / "finetune",
+    )
+    face = root / "face.png"
+    Image.fromarray(faces.images[0, 0].numpy(), "L").save(face)
+    return {"dir": root / "finetune", "face": face}
+
+
+@pytest.mark.parametrize("name", ["best.pt", "last.pt"])
+def test_pipeline_checkpoints_carry_the_model_config(pipeline_run, name, no_inferred_warning):
+    path = pipeline_run["dir"] / name
+    stored = load_checkpoint(path)["model_config"]  # weights_only=True load
+    assert stored == {
+        "arch": "resnet18",
+        "stem": "stride2",
+        "in_chans": 1,
+        "image_size": SIZE,
+        "class_names": list(CUSTOM),
+        "mean": [0.5],
+        "std": [0.5],
+    }
+    info = read_model_info(path)
+    # The run's data is synthetic-faces: guessing would have said EMOTIONS7.
+    assert info.data is not None and info.data.startswith("synthetic")
+    assert info.classes == CUSTOM and info.classes_source == "checkpoint"
+    assert info.config_source == "checkpoint"
+    assert (info.arch, info.stem, info.image_size) == ("resnet18", "stride2", SIZE)
+
+
+def test_predict_reports_the_checkpoint_class_names(pipeline_run, no_inferred_warning):
+    model, info = load_model(pipeline_run["dir"] / "last.pt")
+    assert model.extractor.arch == "resnet18" and model.extractor.stem == "stride2"
+    (pred,) = predict_images(model, info, pipeline_run["face"])
+    assert tuple(pred.probabilities) == CUSTOM and pred.label in CUSTOM
+    assert pred.label in format_predictions([pred]).splitlines()[1]
+
+
+def test_old_style_checkpoint_still_loads_with_a_notice(pipeline_run, tmp_path):
+    """The same weights without the model config: settings inferred, names guessed, said so."""
+    state = torch.load(pipeline_run["dir"] / "last.pt", weights_only=True)
+    del state["model_config"]
+    old = tmp_path / "old.pt"
+    torch.save(state, old)
+    with pytest.warns(InferredConfigWarning, match=r"old.pt: checkpoint has no model config"):
+        model, info = load_model(old)
+    assert info.config_source == "inferred"
+    assert info.classes == EMOTIONS7 and info.classes_source.startswith("data:synthetic")
+    assert (info.arch, info.stem, info.image_size) == ("resnet18", "stride2", SIZE)
+    (pred,) = predict_images(model, info, pipeline_run["face"])
+    assert tuple(pred.probabilities) == EMOTIONS7
 
 
 def test_info_must_match_model(setup):

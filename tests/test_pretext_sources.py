@@ -20,10 +20,12 @@ from occstudy.pipeline import (
     image_hashes,
     load_pretext_data,
     load_pretext_sources,
+    load_ref,
 )
 from occstudy.study.cache import pretext_cache_key
-from occstudy.study.runner import method_params, pretext_data_id
 from occstudy.study.spec import PretextSpec, Study, StudyError
+from occstudy.study.trainables import pretext_data_id
+from occstudy.tracking import method_params
 
 BASE = MethodConfig(image_size=32, synthetic_size=12, pretext_epochs=1, device="cpu")
 
@@ -106,7 +108,7 @@ def test_labelled_source_takes_the_training_split(tmp_path: Path) -> None:
     loaded = load_pretext_sources(config)
     assert loaded is not None
     # Kaggle's train/ (8 images), FER+ Train (what its vote policy keeps).
-    n_train = len(DataRef("ferplus", str(ferplus)).load("Train", image_size=32, channels=1))
+    n_train = len(load_ref(DataRef("ferplus", str(ferplus)), "Train", image_size=32, channels=1))
     assert loaded.counts == {f"fer2013:{kaggle}": 8, f"ferplus:{ferplus}@Train": n_train}
 
 
@@ -206,7 +208,7 @@ def test_pixel_duplicates_of_validation_and_test_images_are_dropped(tmp_path: Pa
     assert loaded is not None
     assert loaded.dropped == {str(folder): 1, f"fer2013:{fer}": 1}
     assert loaded.counts == {str(folder): 4, f"fer2013:{fer}": 6}
-    public = DataRef("fer2013", str(fer)).load("PublicTest", image_size=32, channels=1)
+    public = load_ref(DataRef("fer2013", str(fer)), "PublicTest", image_size=32, channels=1)
     assert not set(image_hashes(public.images)) & set(image_hashes(loaded.faces.images))
     # Synthetic labelled data: nothing to compare with, nothing dropped.
     kept = load_pretext_sources(replace(config, data=DataRef("synthetic-faces")))

@@ -16,8 +16,12 @@ can be checked against a hand computation (formulas in the comments):
 
 from __future__ import annotations
 
+import dataclasses
 import json
 import math
+import pickle
+import subprocess
+import sys
 from dataclasses import dataclass
 from pathlib import Path
 from typing import Any
@@ -27,12 +31,22 @@ import torch
 
 from occstudy import tracking
 from occstudy.cli import main
-from occstudy.evaluate import ProtocolResult
-from occstudy.report import ReportResult, StudyInfo, build_report
-from occstudy.report.collect import LaunchRecord, ReportError, TrialRecord, select_launches
-from occstudy.report.render import MISSING
+from occstudy.data import synthetic_faces
+from occstudy.evaluate import OCCLUDED_AREA, ProtocolResult
+from occstudy.models import OccNet
+from occstudy.report import ReportResult, StudyInfo, build_report, compute_report
+from occstudy.report.collect import (
+    ArtifactReader,
+    LaunchRecord,
+    ReportError,
+    StudyRuns,
+    TrialRecord,
+    select_launches,
+)
+from occstudy.report.render import MISSING, TEMPLATES_ENV, render_html
 from occstudy.report.tables import Column, Setting, ablation_table, select_trials, significance
 from occstudy.study import FinetuneSpec, Grid, PretextSpec, Study, TestSpec
+from occstudy.study.worker import log_real_mask_examples
 
 T975 = {1: 12.706204736174707, 2: 4.302652729749464}  # t_{0.975, df}
 DS = "synthetic-faces"
@@ -101,6 +115,9 @@ NONE_CONFUSION = [
 # None: stopped before testing (an ASHA stop: the runner ends such a run KILLED).
 LAM_ACC = {0.02: [0.60, 0.62], 0.2: [0.66, 0.68], 2.0: [0.61, None]}
 LAM_VAL = {0.02: [0.50, 0.52], 0.2: [0.58, 0.57], 2.0: [0.55, 0.40]}
+# Mean occluded share of the image under r16, as the evaluation logs it with each r16 result
+# (test.r16.occluded_area); the fraction-0.25 trials leave it out, as trials of older versions.
+R16_AREA = 0.1234
 
 
 def _studies(missing_data: Path) -> dict[str, Study]:
@@ -239,12 +256,24 @@ def _log_main(uri: str, study: Study, study_dir: Path) -> str:
                     confusion=[[3, 0, 0], [0, 3, 0], [0, 1, 2]],
                     classes=CLASSES,
                 )
-                tracking.log_results(run, {"clean": result})
-                others = {f"test.{p}.acc": float(a) for p, a in accs.items() if p != "clean"}
-                tracking.log_metrics(run, others)
+                r16 = dataclasses.replace(
+                    result, protocol="r16", acc=float(accs["r16"]), extra={OCCLUDED_AREA: R16_AREA}
+                )
+                tracking.log_results(run, {"clean": result, "r16": r16})
+                tracking.log_metrics(run, {f"test.{REAL}.acc": float(accs[REAL])})
                 _mask_picture(run, "finetune-objects.png")
+                # The trial-time picture of U_o's masks on a real-occlusion set (2 images).
+                log_real_mask_examples(
+                    run,
+                    OccNet(heads=("classifier", "mask"), num_classes=len(CLASSES)),
+                    synthetic_faces(2, seed=3, image_size=32),
+                    32,
+                    REAL,
+                )
             else:
                 tracking.log_metrics(run, {f"test.{p}.acc": float(a) for p, a in accs.items()})
+                if fraction == 1.0 and "r16" in accs:
+                    tracking.log_metrics(run, {f"test.r16.{OCCLUDED_AREA}": R16_AREA})
                 if fraction == 1.0 and "clean" in accs:
                     matrix = (
                         NONE_CONFUSION[seed]
@@ -492,20 +521,39 @@ def test_files_confusion_masks_and_logging(fx: Fixture) -> None:
     assert none["matrix"] == [[7, 1, 1], [1, 8, 0], [1, 1, 7]] and none["runs"] == 3
     assert none["classes"] == list(CLASSES)
     figures = set(data["figures"])
+    real_png = f"figures/masks-ss-mask-real-{REAL}.png"
     assert {
         "figures/robustness.png",
         "figures/label-efficiency.png",
         "figures/masks-ss-mask-finetune.png",
         "figures/masks-ss-mask-pretext.png",
+        real_png,
     } <= figures
     for f in figures:
         assert (out / f).read_bytes()[:8] == b"\x89PNG\r\n\x1a\n"
-    # No checkpoint was logged: the real-occlusion mask picture is explained, not faked; so is
-    # the mask variant's missing picture (only ss+mask logged one here).
+    # The masks on real occlusions are the picture the trial logged, read back, not redrawn.
+    (trial,) = [
+        r
+        for r in tracking.find_runs(fx.uri, "rep", kind="finetune")
+        if r.data.tags.get("trial") == "ss-mask_s0_f1_lam0.2"
+    ]
+    logged_png = ArtifactReader(fx.uri).read_bytes(
+        trial.info.artifact_uri, f"masks/real-{REAL}.png"
+    )
+    assert logged_png is not None and (out / real_png).read_bytes() == logged_png
+    # The mask variant's trial logged no pictures: explained, not faked.
     notes = data["notes"]["masks"]
-    assert any(n.startswith("ss+mask: no checkpoints/best.pt") for n in notes)
-    assert any(n.startswith("mask: trial mask_s0_f1_lam0.2 logged no masks/") for n in notes)
+    assert sorted(n for n in notes if n.startswith("mask: ")) == [
+        "mask: trial mask_s0_f1_lam0.2 logged no masks/finetune-objects.png",
+        f"mask: trial mask_s0_f1_lam0.2 logged no masks/real-{REAL}.png",
+    ]
+    assert not any(n.startswith("ss+mask") for n in notes)
     assert "figures/masks-mask-finetune.png" not in figures
+    # The robustness curve's x labels: the r16 area the trials logged (clean and the real set
+    # have none), so the report has nothing to say about missing areas.
+    assert fx.main.report.occluded_areas == {R16: pytest.approx(R16_AREA)}
+    assert data["occluded_areas"] == [{"dataset": DS, "protocol": "r16", "area": R16_AREA}]
+    assert "robustness" not in data["notes"]
     # Raw numbers: the none / clean cell with its values.
     cells = (out / "cells.csv").read_text().splitlines()
     row = next(
@@ -586,6 +634,81 @@ def test_lambda_grid_and_search(fx: Fixture, tmp_path: Path) -> None:
         (("lam", 0.2),),
         (("lam", 2.0),),
     ]
+
+
+def test_a_report_loads_neither_torch_nor_the_runner(fx: Fixture, tmp_path: Path) -> None:
+    # Collect, compute and write the main report in a fresh interpreter: everything it shows
+    # was logged by the trials, so no model, data set or occluder is needed.
+    (tmp_path / "info.pkl").write_bytes(pickle.dumps(fx.main.report.info))
+    code = f"""
+import pickle, sys
+from pathlib import Path
+from occstudy.report import compute_report
+from occstudy.report.collect import ArtifactReader, collect_runs
+from occstudy.report.render import write_report
+info = pickle.loads(Path({str(tmp_path / "info.pkl")!r}).read_bytes())
+runs = collect_runs({fx.uri!r}, "rep", known_launches=["launch-1"])
+report = compute_report(info, runs, reader=ArtifactReader({fx.uri!r}))
+write_report(report, Path({str(tmp_path / "out")!r}))
+heavy = ("torch", "torchvision", "occstudy.occlusion", "occstudy.study.runner")
+print(len(report.figures), *[m for m in heavy if m in sys.modules])
+"""
+    proc = subprocess.run(
+        [sys.executable, "-c", code], capture_output=True, text=True, timeout=300, check=False
+    )
+    assert proc.returncode == 0, proc.stderr[-3000:]
+    assert proc.stdout.split() == [str(len(fx.main.report.figures))]
+    assert (tmp_path / "out" / f"figures/masks-ss-mask-real-{REAL}.png").is_file()
+
+
+def test_robustness_areas_come_from_the_trials_metrics() -> None:
+    r24 = Column(DS, "r24")
+    info = StudyInfo(
+        name="areas", variants=("none",), seeds=(0, 1), protocols=("clean", "r16", "r24")
+    )
+
+    def trial(seed: int, areas: dict[str, float]) -> TrialRecord:
+        t = _record(seed, val=0.5, test=0.6, start=1, variant="none")
+        acc = {"clean": 0.6, "r16": 0.5, "r24": 0.4, REAL: 0.3}
+        return dataclasses.replace(t, acc=acc, occluded_area=areas)
+
+    # Seed 1 was logged before the areas were recorded: seed 0's r16 area labels the curve.
+    trials = (trial(0, {"r16": 0.25}), trial(1, {}))
+    runs = StudyRuns("areas", "sqlite:///unused.db", ("launch-1",), (), trials, {})
+    report = compute_report(info, runs)
+    assert report.columns == (CLEAN, R16, r24, REALC)
+    assert report.occluded_areas == {R16: 0.25}
+    # r24 has no area (the real set needs none): said, and the curve is still drawn.
+    assert report.notes["robustness"] == (
+        "No trial logged the occluded area (test.<protocol>.occluded_area) of "
+        f"{r24.label}: trials logged before occstudy recorded it lack it; labelled by name only.",
+    )
+    assert "robustness" in {f.name for f in report.figures}
+
+
+def test_packaged_template_and_a_folder_of_ones_own(
+    fx: Fixture, tmp_path: Path, monkeypatch: pytest.MonkeyPatch
+) -> None:
+    report = fx.main.report
+    monkeypatch.delenv(TEMPLATES_ENV, raising=False)
+    monkeypatch.delenv("OCCSTUDY_DASHBOARDS", raising=False)
+    page = render_html(report)  # the package's own template and styles
+    assert "<h1>Study report: rep</h1>" in page and "--ink: #1d232a;" in page
+    own = tmp_path / "own"
+    own.mkdir()
+    (own / "report.html.j2").write_text("<p>{{ study }}</p><style>{{ css }}</style>")
+    (own / "report.css").write_text("p { color: red } </x>")
+    monkeypatch.setenv(TEMPLATES_ENV, str(own))
+    # Autoescaped variables; the styles are inlined with "</" defused.
+    assert render_html(report) == "<p>rep</p><style>p { color: red } <\\/x></style>"
+    monkeypatch.delenv(TEMPLATES_ENV)
+    monkeypatch.setenv("OCCSTUDY_DASHBOARDS", str(own))  # the older name still works
+    assert render_html(report).startswith("<p>rep</p>")
+    (own / "report.css").unlink()
+    with pytest.raises(
+        FileNotFoundError, match=r"no report\.css in .*own \(named by \$OCCSTUDY_DASH"
+    ):
+        render_html(report)
 
 
 def _record(
@@ -676,3 +799,18 @@ def test_cli_report(fx: Fixture, tmp_path: Path, capsys: pytest.CaptureFixture[s
     assert main([*base, "--no-log", "--launch", "nope"]) == 2
     assert "no launch 'nope'" in capsys.readouterr().err
     assert main(["report", "nostudy", "--storage", str(fx.storage)]) == 2
+
+
+def test_unreadable_artifacts_are_reported_missing_ones_are_gaps(tmp_path: Path) -> None:
+    run_dir = tmp_path / "artifacts"
+    (run_dir / "confusion").mkdir(parents=True)
+    (run_dir / "confusion" / "clean.json").write_text('{"acc": 0.5}')
+    (run_dir / "confusion" / "r16.json").write_text('{"acc": 0.5')  # cut short
+    reader = ArtifactReader("sqlite:///unused.db")
+    uri = run_dir.as_uri()
+    assert reader.read_json(uri, "confusion/clean.json") == {"acc": 0.5}
+    assert reader.read_json(uri, "confusion/r8.json") is None  # never logged: a gap
+    assert reader.problems == []
+    assert reader.read_json(uri, "confusion/r16.json") is None
+    (problem,) = reader.problems
+    assert "confusion/r16.json" in problem and "not JSON" in problem

@@ -24,7 +24,6 @@ from occstudy.study import (
     TestSpec,
     run_study,
 )
-from occstudy.study.runner import ablation_table
 
 TINY = Study(
     name="tiny",
@@ -47,8 +46,10 @@ def test_tiny_study_in_process_then_ray_train_then_cache_reuse(tmp_path) -> None
     assert sorted(r.point["variant"] for r in first.rows) == ["none", "ss+mask"]
     for row in first.rows:
         assert 0 <= row.metrics["test.clean.acc"] <= 1 and "test.r16.acc" in row.metrics
-    table = ablation_table(first.rows, TINY)
+    # The report's ablation table, printed by `occstudy run` and written next to the study.
+    table = first.table
     assert "| none |" in table and "| ss+mask |" in table
+    assert (tmp_path / "tiny" / "ablation.md").read_text() == table
 
     uri = first.tracking_uri
     assert uri == f"sqlite:///{tmp_path / 'tiny' / 'mlflow.db'}"
@@ -223,9 +224,9 @@ def test_progress_of_a_restored_launch_counts_finished_trials_and_restarts_the_c
 
     from ray import cloudpickle  # how Tune pickles its callbacks with the Tuner
 
-    from occstudy.study.runner import _Progress
+    from occstudy.study.progress import Progress
 
-    progress = _Progress("finetune", 4, "val_acc", "max", True)
+    progress = Progress("finetune", 4, "val_acc", "max", True)
     progress.start -= 5000  # as if pickled with the Tuner long ago
     restored = cloudpickle.loads(cloudpickle.dumps(progress))
     restored.setup()

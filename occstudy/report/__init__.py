@@ -12,7 +12,6 @@ has finished is reported, the rest is counted and listed.
 from __future__ import annotations
 
 import dataclasses
-import json
 import time
 from collections.abc import Mapping, Sequence
 from dataclasses import dataclass
@@ -32,12 +31,10 @@ from occstudy.report.figures import (
     ConfusionSum,
     label_efficiency_figure,
     lambda_figure,
-    occluded_areas,
     optuna_figures,
-    real_mask_picture,
     robustness_figure,
 )
-from occstudy.report.render import Report, ReportFigure, write_report
+from occstudy.report.render import Report, ReportFigure, render_markdown, write_report
 from occstudy.report.tables import (
     AblationTable,
     Column,
@@ -49,6 +46,8 @@ from occstudy.report.tables import (
     excluded_trials,
     label_efficiency,
     lambda_sensitivity,
+    occluded_areas,
+    real_columns,
     region_tables,
     search_best,
     select_trials,
@@ -56,12 +55,14 @@ from occstudy.report.tables import (
     significance,
     varying_params,
 )
+from occstudy.study.layout import StudyLayout
 
 __all__ = [
     "Report",
     "ReportError",
     "ReportResult",
     "StudyInfo",
+    "ablation_markdown",
     "build_report",
     "compute_report",
 ]
@@ -85,17 +86,6 @@ class ReportResult:
     files: Mapping[str, Path]
     logged_to: str | None
     seconds: float
-
-
-def _known_launches(study_dir: Path) -> list[str]:
-    path = study_dir / "launches.json"
-    if not path.is_file():
-        return []
-    try:
-        launches = json.loads(path.read_text())
-    except ValueError:
-        return []
-    return [str(x) for x in launches] if isinstance(launches, list) else []
 
 
 def _main_first(settings: Sequence[Setting], main: Setting | None) -> list[Setting]:
@@ -159,12 +149,11 @@ def _mask_figures(
     table: AblationTable,
     selected: Mapping[tuple[Setting, str, str], TrialRecord],
     runs: StudyRuns,
-    info: StudyInfo,
+    real: Sequence[Column],
     reader: ArtifactReader,
-    real_masks: bool,
 ) -> tuple[list[ReportFigure], list[str]]:
-    """Logged mask pictures (fine-tune and pretext) and, from the checkpoint, masks predicted
-    on the real-occlusion test sets, for the first unit of each variant with a mask network."""
+    """The mask pictures the trials logged (fine-tune on synthetic objects, pretext, and one
+    per real-occlusion test set), for the first unit of each variant with a mask network."""
     figures: list[ReportFigure] = []
     notes: list[str] = []
     first: dict[str, TrialRecord] = {}
@@ -208,28 +197,21 @@ def _mask_figures(
                     pre_png,
                 )
             )
-        if not real_masks or not info.real_specs:
-            continue
-        ckpt = reader.path(t.artifact_uri, "checkpoints/best.pt")
-        if ckpt is None:
-            notes.append(
-                f"{v}: no checkpoints/best.pt in trial {t.name}: no masks on real occlusions"
-            )
-            continue
-        for spec in info.real_specs:
-            name = spec.split(":", 1)[0]
-            try:
-                real_png = real_mask_picture(str(ckpt), spec)
-            except (OSError, ValueError, RuntimeError, KeyError) as exc:
-                notes.append(f"{v}: no masks on {name}: {type(exc).__name__}: {exc}")
+        for c in real:
+            if c.dataset != t.dataset:
+                continue
+            picture = tracking.real_mask_picture_name(c.protocol)
+            real_png = reader.read_bytes(t.artifact_uri, f"masks/{picture}")
+            if real_png is None:
+                notes.append(f"{v}: trial {t.name} logged no masks/{picture}")
                 continue
             figures.append(
                 ReportFigure(
                     "masks",
-                    f"masks-{slug}-{name}",
-                    f"{v}: real occlusions ({name})",
-                    f"{v}, trial {t.name} ({t.unit}): the first test images of {name} (real "
-                    "occlusions, no true mask) and the predicted P(occluded).",
+                    f"masks-{slug}-{picture.removesuffix('.png')}",
+                    f"{v}: real occlusions ({c.protocol})",
+                    f"{v}, trial {t.name} ({t.unit}): the first test images of {c.protocol} "
+                    "(real occlusions, no true mask) and the predicted P(occluded).",
                     real_png,
                 )
             )
@@ -242,16 +224,18 @@ def compute_report(
     *,
     reader: ArtifactReader | None = None,
     figures: bool = True,
-    real_masks: bool = True,
 ) -> Report:
     """Tables, tests and figures of a study's runs (nothing is written).
+
+    Everything comes from what the trials logged: metrics (accuracies, the synthetic
+    occluders' areas) and artifacts (confusion matrices, mask pictures); no model or data set
+    is loaded.
 
     Args:
         info: The study definition's essentials.
         runs: The runs (see :func:`occstudy.report.collect.collect_runs`).
-        reader: Artifact reader (confusion matrices, mask pictures, checkpoints).
+        reader: Artifact reader (confusion matrices, mask pictures).
         figures: Draw the figures (tables only when False).
-        real_masks: Predict masks on the real-occlusion test sets from the checkpoints.
     """
     trials = runs.trials
     selected = select_trials(trials, info)
@@ -262,6 +246,7 @@ def compute_report(
         ablation_table(selected, s, variants, columns) for s in _main_first(settings, main)
     )
     comparisons = tuple(significance(t) for t in tables)
+    areas = occluded_areas(selected, tables[0]) if tables else {}
     regions = region_tables(selected, tables, trials, info)
     le = label_efficiency(selected, main, variants, columns) if main is not None else None
     lam = lambda_sensitivity(trials, selected, main, info, columns)
@@ -285,6 +270,7 @@ def compute_report(
         excluded=excluded_trials(trials),
         trials=trials,
         selected=frozenset(t.run_id for t in selected.values()),
+        occluded_areas=areas,
     )
     if not figures:
         return report
@@ -339,8 +325,19 @@ def compute_report(
             )
     if tables:
         main_table = tables[0]
-        areas = occluded_areas([c.protocol for c in main_table.columns], info.image_size)
-        png = robustness_figure(main_table, areas)
+        real = real_columns(main_table.columns, info, areas)
+        unmeasured = [
+            c.label
+            for c in main_table.columns
+            if c.protocol != "clean" and c not in areas and c not in real
+        ]
+        if unmeasured:
+            notes.setdefault("robustness", []).append(
+                "No trial logged the occluded area (test.<protocol>.occluded_area) of "
+                + ", ".join(unmeasured)
+                + ": trials logged before occstudy recorded it lack it; labelled by name only."
+            )
+        png = robustness_figure(main_table, areas, {c.protocol for c in real})
         if png is not None:
             figs.append(
                 ReportFigure(
@@ -357,11 +354,10 @@ def compute_report(
             # text-filled matrices with matplotlib would take most of a report's time.
             summed = _confusions(main_table, selected, reader)
             confusions = tuple(s for sums in summed.values() for s in sums)
-            mask_figs, mask_notes = _mask_figures(
-                main_table, selected, runs, info, reader, real_masks
-            )
+            mask_figs, mask_notes = _mask_figures(main_table, selected, runs, real, reader)
             figs += mask_figs
             notes.setdefault("masks", []).extend(mask_notes)
+            notes.setdefault("overview", []).extend(dict.fromkeys(reader.problems))
     return dataclasses.replace(
         report,
         figures=tuple(figs),
@@ -400,7 +396,6 @@ def build_report(
     launch: str | None = None,
     out: str | Path | None = None,
     log: bool = True,
-    real_masks: bool = True,
 ) -> ReportResult:
     """Build a study's report from MLflow, write it, and log it to the parent run.
 
@@ -412,31 +407,43 @@ def build_report(
         launch: A launch name, ``all``, or None for the last launch.
         out: Output folder (default ``<study dir>/report``).
         log: Log the files to the last covered launch's parent run under ``report/``.
-        real_masks: Predict masks on the real-occlusion test sets from checkpoints.
 
     Raises:
         ReportError: When the study has no runs or the launch is unknown.
     """
-    from occstudy.study.runner import resolve_tracking_uri, study_paths
-
     start = time.perf_counter()
     info = StudyInfo.from_study(study)
-    study_dir, _ = study_paths(study, storage)
-    uri = resolve_tracking_uri(study_dir, tracking_uri)
+    layout = StudyLayout.of(study.name, storage)
+    uri = layout.tracking_uri(tracking_uri)
     db = _sqlite_file(uri)
     if db is not None and not db.is_file():
         # MLflow would create an empty store there: a report only reads.
         raise ReportError(f"no MLflow store at {db}: run the study first")
-    runs = collect_runs(uri, info.name, launch=launch, known_launches=_known_launches(study_dir))
+    runs = collect_runs(uri, info.name, launch=launch, known_launches=layout.launches())
     reader = ArtifactReader(uri)
     try:
-        report = compute_report(info, runs, reader=reader, real_masks=real_masks)
+        report = compute_report(info, runs, reader=reader)
     finally:
         reader.close()
-    out_dir = Path(out) if out is not None else study_dir / "report"
+    out_dir = Path(out) if out is not None else layout.report_dir
     files = write_report(report, out_dir)
     logged = None
     if log and report.parent_run_id is not None:
         _log_artifacts(uri, report.parent_run_id, files)
         logged = report.parent_run_id
     return ReportResult(report, out_dir, files, logged, time.perf_counter() - start)
+
+
+def ablation_markdown(study: Any, tracking_uri: str, launch: str | None = None) -> str:
+    """The ablation section of a launch's report as Markdown, tables only (what ``occstudy
+    run`` prints and logs when a launch ends).
+
+    Args:
+        study: The :class:`occstudy.study.Study`.
+        tracking_uri: Where its runs are.
+        launch: A launch name, ``all``, or None for the last launch.
+    """
+    info = StudyInfo.from_study(study)
+    runs = collect_runs(tracking_uri, info.name, launch=launch)
+    report = compute_report(info, runs, figures=False)
+    return render_markdown(report, only=("ablation",))

@@ -2,9 +2,11 @@
 MLflow, besides logging the finished report).
 
 One search per run kind (``study``, ``finetune``, ``pretext``) fetches every run with its
-params, tags and latest metrics; artifacts (confusion JSON, mask PNGs, checkpoints) are read
+params, tags and latest metrics; artifacts (confusion JSON, mask PNGs) are read
 only for the few runs a report shows, straight from the file system when the artifact store is
-local (the sqlite default), else downloaded concurrently.
+local (the sqlite default), else downloaded concurrently. Everything a report shows was logged
+by the trials themselves (metrics, confusion matrices, mask pictures): a report loads no model
+and no data set.
 """
 
 from __future__ import annotations
@@ -37,15 +39,15 @@ __all__ = [
     "select_launches",
 ]
 
-#: Study parameter name -> MLflow param name (λ is ``lam`` in studies, ``lambda`` in MLflow).
+#: Numeric study parameter name -> MLflow param name (λ is ``lam`` in studies, ``lambda`` in
+#: MLflow): the names :mod:`occstudy.tracking` writes.
 MLFLOW_PARAMS: dict[str, str] = {
-    "lam": "lambda",
-    "tau": "tau",
-    "lr": "lr",
-    "pretext_lr": "pretext_lr",
+    name: mlflow
+    for name, mlflow in tracking.PARAM_NAMES.items()
+    if name not in tracking.CATEGORICAL_PARAMS
 }
 #: Categorical study parameters, kept as text (MLflow param of the same name).
-CATEGORICAL_PARAMS: tuple[str, ...] = ("arch",)
+CATEGORICAL_PARAMS: tuple[str, ...] = tracking.CATEGORICAL_PARAMS
 
 
 class ReportError(RuntimeError):
@@ -93,6 +95,9 @@ class TrialRecord:
         artifact_uri: Root of the run's artifacts.
         cache_key: Key of the pretext result the trial started from (None for ``none``).
         choices: Categorical method parameters by study name (``arch``).
+        occluded_area: Mean share of the image the protocol's occluder covers, per synthetic
+            protocol, as the evaluation measured it on this trial's test images
+            (``test.<p>.occluded_area``; absent in trials logged before it was recorded).
     """
 
     run_id: str
@@ -113,6 +118,7 @@ class TrialRecord:
     artifact_uri: str
     cache_key: str | None = None
     choices: Mapping[str, str] = field(default_factory=dict)
+    occluded_area: Mapping[str, float] = field(default_factory=dict)
 
     @property
     def unit(self) -> str:
@@ -212,6 +218,8 @@ def _trial(run: Run) -> TrialRecord:
         artifact_uri=run.info.artifact_uri or "",
         cache_key=tags.get("cache_key") or None,
         choices={name: params[name] for name in CATEGORICAL_PARAMS if params.get(name)},
+        # The name occstudy.evaluate.OCCLUDED_AREA gives it (that module needs torch).
+        occluded_area=_per_protocol(metrics, "occluded_area"),
     )
 
 
@@ -300,11 +308,24 @@ def collect_runs(
     )
 
 
+def _means_missing(exc: Exception) -> bool:
+    """Whether an MLflow download error says the artifact does not exist."""
+    code = getattr(exc, "error_code", "")
+    text = str(exc).lower()
+    return (
+        code == "RESOURCE_DOES_NOT_EXIST"
+        or any(s in text for s in ("does not exist", "not found", "no such file", "404"))
+        or isinstance(exc, FileNotFoundError)
+    )
+
+
 class ArtifactReader:
     """Reads run artifacts: from disk for ``file:`` artifact stores, else through MLflow.
 
     Missing artifacts read as None: a trial that failed before logging its confusion matrices
-    leaves a gap in the report, not an error.
+    leaves a gap in the report, not an error. An artifact that exists but cannot be read (a
+    failed download, a corrupt JSON file) also reads as None, and the reason is kept in
+    :attr:`problems`, which the report shows.
 
     Args:
         tracking_uri: Tracking URI (needed to resolve ``mlflow-artifacts:`` locations).
@@ -315,6 +336,8 @@ class ArtifactReader:
         self.tracking_uri = tracking_uri
         self.workers = workers
         self._tmp: tempfile.TemporaryDirectory[str] | None = None
+        #: One line per artifact that exists but could not be read (run artifact URI, name, why).
+        self.problems: list[str] = []
 
     @staticmethod
     def local_root(artifact_uri: str) -> Path | None:
@@ -348,8 +371,11 @@ class ArtifactReader:
                 dst_path=str(dst),
                 tracking_uri=self.tracking_uri,
             )
-        except Exception:
-            # MLflow raises several exception types for "no such artifact"; all mean a gap.
+        except Exception as exc:
+            # MLflow raises several exception types for "no such artifact": those mean a gap;
+            # anything else (a server error, a refused connection) is reported.
+            if not _means_missing(exc):
+                self._problem(artifact_uri, artifact, f"{type(exc).__name__}: {exc}")
             return None
         file = Path(local)
         return file if file.is_file() else None
@@ -366,8 +392,12 @@ class ArtifactReader:
             return None
         try:
             return json.loads(data)
-        except ValueError:
+        except ValueError as exc:
+            self._problem(artifact_uri, artifact, f"not JSON ({exc})")
             return None
+
+    def _problem(self, artifact_uri: str, artifact: str, why: str) -> None:
+        self.problems.append(f"could not read {artifact} of {artifact_uri}: {why}")
 
     def read_many_json(self, items: Iterable[tuple[str, str]]) -> dict[tuple[str, str], Any]:
         """Many ``(artifact_uri, artifact)`` JSON files at once (concurrently when remote)."""

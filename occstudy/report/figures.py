@@ -8,12 +8,11 @@ those go through pyplot, so the Agg backend is selected first unless pyplot is a
 
 from __future__ import annotations
 
-import functools
 import io
 import math
 import sys
 import warnings
-from collections.abc import Mapping, Sequence
+from collections.abc import Collection, Mapping, Sequence
 from dataclasses import dataclass
 from typing import TYPE_CHECKING, Any
 
@@ -36,10 +35,8 @@ __all__ = [
     "ConfusionSum",
     "label_efficiency_figure",
     "lambda_figure",
-    "occluded_areas",
     "optuna_figures",
     "png_bytes",
-    "real_mask_picture",
     "robustness_figure",
 ]
 
@@ -110,33 +107,18 @@ def _grid_of_axes(fig: Figure, n: int, cols: int = 3) -> list[Axes]:
 # Robustness, label efficiency, λ
 
 
-@functools.lru_cache(maxsize=8)
-def _areas(protocols: tuple[str, ...], image_size: int) -> dict[str, float]:
-    import torch
+def robustness_figure(
+    table: AblationTable, areas: Mapping[Column, float], real: Collection[str] = ()
+) -> bytes | None:
+    """Accuracy per variant from clean to growing synthetic and real occlusion.
 
-    from occstudy.occlusion import PROTOCOLS, apply_protocol
-
-    blank = torch.zeros(64, 1, image_size, image_size)
-    out: dict[str, float] = {}
-    for p in protocols:
-        if p in PROTOCOLS:
-            _, mask = apply_protocol(blank, p, seed=0)
-            out[p] = float(mask.mean())
-    return out
-
-
-def occluded_areas(protocols: Sequence[str], image_size: int) -> dict[str, float]:
-    """Mean occluded share of the image per synthetic protocol, measured by drawing the
-    protocol's own occluder (seed 0, 64 images) at the study's input size."""
-    try:
-        return dict(_areas(tuple(protocols), image_size))
-    except Exception:
-        # The area only labels the x axis: a broken occluder must not cost the whole report.
-        return {}
-
-
-def robustness_figure(table: AblationTable, areas: Mapping[str, float]) -> bytes | None:
-    """Accuracy per variant from clean to growing synthetic and real occlusion."""
+    Args:
+        table: The (main) ablation table.
+        areas: Mean occluded share of the image per synthetic column, as the trials logged it
+            (see :func:`occstudy.report.tables.occluded_areas`); a column without one is
+            labelled by its name only.
+        real: Protocols that are real-occlusion test sets (labelled "real").
+    """
     datasets = sorted({c.dataset for c in table.columns})
     if not datasets or len(table.columns) < 2:
         return None  # a curve needs at least two test protocols
@@ -146,13 +128,15 @@ def robustness_figure(table: AblationTable, areas: Mapping[str, float]) -> bytes
         cols = [c for c in table.columns if c.dataset == dataset]
         labels = []
         for c in cols:
-            area = areas.get(c.protocol)
+            area = areas.get(c)
             if c.protocol == "clean":
                 labels.append("clean\n0 %")
             elif area is not None:
                 labels.append(f"{c.protocol}\n{100 * area:.0f} %")
-            else:
+            elif c.protocol in real:
                 labels.append(f"{c.protocol}\n(real)")
+            else:
+                labels.append(c.protocol)
         for i, v in enumerate(table.variants):
             xs, means, errs = [], [], []
             for j, c in enumerate(cols):
@@ -403,36 +387,3 @@ def optuna_figures(
             else:
                 notes.append(f"{variant}: parameter importances need two complete trials")
     return out, notes
-
-
-# ---------------------------------------------------------------------------------------------
-# Masks on real occlusions
-
-
-def real_mask_picture(checkpoint: str, real_spec: str, n: int = 8) -> bytes:
-    """Inputs of a real-occlusion test set next to a fine-tuned model's predicted masks.
-
-    The first ``n`` test images (a fixed choice, the same for every variant). Real occlusions
-    have no true mask, so the picture has two rows: input and predicted P(occluded).
-
-    Raises:
-        ValueError: When the checkpoint has no mask head or the data cannot be loaded.
-        FileNotFoundError: When the checkpoint or the data is missing.
-    """
-    import torch
-
-    from occstudy import data as D
-    from occstudy.pipeline import DataRef
-    from occstudy.predict import load_model
-    from occstudy.tracking import mask_figure
-
-    model, minfo = load_model(checkpoint, device="cpu")
-    if not minfo.has_mask:
-        raise ValueError(f"{checkpoint}: the model has no mask head")
-    ref = DataRef.parse(real_spec)
-    split = ref.split or D.splits(ref.name, ref.root)[0]
-    faces = ref.load(split, image_size=minfo.image_size, channels=minfo.in_chans)
-    x = D.to_float(faces.images[:n])
-    with torch.no_grad():
-        logits = model.eval().predict_mask(D.normalize(x))
-    return png_bytes(mask_figure(x, None, logits), tight=True)

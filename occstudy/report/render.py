@@ -2,10 +2,11 @@
 
 Both text formats are rendered from the same *views* (:class:`Section`, :class:`TableView`),
 so the HTML page and the Markdown file always hold the same tables and numbers. The page comes
-from the Jinja2 template ``dashboards/report.html.j2`` with autoescaping on; its styles
-(``dashboards/report.css``) and every figure (base64 PNG) are inlined, and a
-Content-Security-Policy forbids every network request, so it opens offline and shows the same
-everywhere.
+from the Jinja2 template ``report.html.j2`` with autoescaping on; its styles (``report.css``)
+and every figure (base64 PNG) are inlined, and a Content-Security-Policy forbids every network
+request, so it opens offline and shows the same everywhere. Both files ship inside the package
+(``occstudy/report/templates/``, read with :mod:`importlib.resources`, so an installed wheel
+renders reports); ``$OCCSTUDY_REPORT_TEMPLATES`` names a folder of one's own instead.
 """
 
 from __future__ import annotations
@@ -20,8 +21,9 @@ import os
 import re
 from collections.abc import Mapping, Sequence
 from dataclasses import dataclass, field
+from importlib import resources
 from pathlib import Path
-from typing import Any
+from typing import TYPE_CHECKING, Any
 
 from occstudy.report.collect import TrialRecord
 from occstudy.report.figures import ConfusionSum
@@ -42,21 +44,28 @@ from occstudy.report.tables import (
     objective,
 )
 
+if TYPE_CHECKING:
+    from importlib.resources.abc import Traversable
+
 __all__ = [
-    "DASHBOARDS_ENV",
     "MISSING",
+    "TEMPLATES_ENV",
     "Report",
     "ReportFigure",
-    "dashboards_dir",
     "render_html",
     "render_markdown",
+    "template_folder",
     "write_report",
 ]
 
 #: Shown for a missing cell (no finished trial has that result).
 MISSING = "—"
-#: Environment variable naming another folder with ``report.html.j2`` and ``report.css``.
-DASHBOARDS_ENV = "OCCSTUDY_DASHBOARDS"
+#: Environment variable naming a folder of one's own with ``report.html.j2`` and ``report.css``.
+TEMPLATES_ENV = "OCCSTUDY_REPORT_TEMPLATES"
+#: Its older name (from when the template lived in the repository's ``dashboards/``), still read.
+_LEGACY_TEMPLATES_ENV = "OCCSTUDY_DASHBOARDS"
+#: The page template and its style sheet.
+TEMPLATE, STYLES = "report.html.j2", "report.css"
 _SYMBOLS = {"lam": "λ", "tau": "τ", "lr": "lr", "pretext_lr": "pretext lr"}
 
 
@@ -112,6 +121,8 @@ class Report:
         selected: Run ids of the trials the tables use.
         region_tables: Accuracy per occluded region of the real-occlusion sets, grouped by
             ablation table (none when no set was tested per region).
+        occluded_areas: Mean occluded share of the image per synthetic column of the main
+            table, as its trials logged it (see :func:`occstudy.report.tables.occluded_areas`).
         figures: Figures, in page order.
         confusions: Confusion matrices of the main setting, summed per variant and column.
         notes: Section id -> remarks (what could not be drawn and why).
@@ -135,6 +146,7 @@ class Report:
     trials: tuple[TrialRecord, ...]
     selected: frozenset[str]
     region_tables: tuple[RegionTable, ...] = ()
+    occluded_areas: Mapping[Column, float] = field(default_factory=dict)
     figures: tuple[ReportFigure, ...] = ()
     confusions: tuple[ConfusionSum, ...] = ()
     notes: Mapping[str, tuple[str, ...]] = field(default_factory=dict)
@@ -832,10 +844,17 @@ def _md_table(t: TableView) -> list[str]:
     return [*lines, ""]
 
 
-def render_markdown(report: Report) -> str:
-    """The report as Markdown: the same tables; figures as links to ``figures/*.png``."""
+def render_markdown(report: Report, only: Sequence[str] | None = None) -> str:
+    """The report as Markdown: the same tables; figures as links to ``figures/*.png``.
+
+    Args:
+        report: The computed report.
+        only: Ids of the sections to render (e.g. ``("ablation",)``); None renders all.
+    """
     lines = [f"# Study report: {report.info.name}", ""]
     for s in sections(report):
+        if only is not None and s.id not in only:
+            continue
         if s.id != "overview":
             lines += [f"## {s.title}", ""]
         for p in s.paragraphs:
@@ -853,36 +872,53 @@ def render_markdown(report: Report) -> str:
 # HTML
 
 
-def dashboards_dir() -> Path:
-    """Folder with the page template and styles: ``$OCCSTUDY_DASHBOARDS``, else the
-    repository's ``dashboards/`` next to the ``occstudy`` package."""
-    env = os.environ.get(DASHBOARDS_ENV)
-    folder = Path(env) if env else Path(__file__).resolve().parents[2] / "dashboards"
-    if not (folder / "report.html.j2").is_file():
-        raise FileNotFoundError(
-            f"no report template at {folder / 'report.html.j2'}; set {DASHBOARDS_ENV} to the "
-            "folder holding report.html.j2 and report.css"
-        )
+def template_folder() -> Traversable:
+    """Folder with the page template and its styles: ``$OCCSTUDY_REPORT_TEMPLATES`` (or the
+    older ``$OCCSTUDY_DASHBOARDS``) when set, else the package's own ``templates/``.
+
+    Raises:
+        FileNotFoundError: When the folder named by the environment lacks either file.
+    """
+    var = next((v for v in (TEMPLATES_ENV, _LEGACY_TEMPLATES_ENV) if os.environ.get(v)), None)
+    if var is None:
+        return resources.files(__package__ or "occstudy.report").joinpath("templates")
+    folder = Path(os.environ[var])
+    for name in (TEMPLATE, STYLES):
+        if not (folder / name).is_file():
+            raise FileNotFoundError(
+                f"no {name} in {folder} (named by ${var}); unset it to use the template "
+                f"shipped with occstudy, or point it at a folder holding {TEMPLATE} and {STYLES}"
+            )
     return folder
 
 
-def render_html(report: Report, template_dir: Path | None = None) -> str:
-    """The report as one self-contained HTML page (inline styles and base64 images)."""
+def render_html(report: Report, template_dir: Path | Traversable | None = None) -> str:
+    """The report as one self-contained HTML page (inline styles and base64 images).
+
+    Args:
+        report: The computed report.
+        template_dir: Folder with ``report.html.j2`` and ``report.css`` (default:
+            :func:`template_folder`).
+    """
     import jinja2
     from markupsafe import Markup
 
-    folder = template_dir or dashboards_dir()
+    folder = template_dir if template_dir is not None else template_folder()
+
+    def source(name: str) -> str:
+        # A traversable, not a file-system path: the package may be installed as a zip.
+        return folder.joinpath(name).read_text(encoding="utf-8")
+
     env = jinja2.Environment(
-        loader=jinja2.FileSystemLoader(str(folder)),
+        loader=jinja2.FunctionLoader(source),
         autoescape=True,
         undefined=jinja2.StrictUndefined,
         trim_blocks=True,
         lstrip_blocks=True,
     )
-    css = (folder / "report.css").read_text(encoding="utf-8")
     # The style sheet is our own file; "</" would end the <style> element early.
-    css = css.replace("</", "<\\/")
-    return env.get_template("report.html.j2").render(
+    css = source(STYLES).replace("</", "<\\/")
+    return env.get_template(TEMPLATE).render(
         title=f"occstudy report: {report.info.name}",
         study=report.info.name,
         generated=report.generated,
@@ -1124,6 +1160,11 @@ def report_json(report: Report) -> dict[str, Any]:
             for rt in report.region_tables
         ],
         "comparisons": _comparison_rows_raw(report),
+        # What labels the robustness curve: each synthetic occluder's mean share of the image.
+        "occluded_areas": [
+            {"dataset": c.dataset, "protocol": c.protocol, "area": area}
+            for c, area in report.occluded_areas.items()
+        ],
         "label_efficiency": None
         if le is None
         else {
@@ -1168,7 +1209,9 @@ def report_json(report: Report) -> dict[str, Any]:
     }
 
 
-def write_report(report: Report, out: Path, template_dir: Path | None = None) -> dict[str, Path]:
+def write_report(
+    report: Report, out: Path, template_dir: Path | Traversable | None = None
+) -> dict[str, Path]:
     """Write ``report.html``, ``report.md``, ``figures/*.png``, ``trials.csv``, ``cells.csv``,
     ``comparisons.csv`` and ``report.json`` into ``out``.
 

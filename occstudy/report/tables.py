@@ -55,6 +55,8 @@ __all__ = [
     "label_efficiency",
     "lambda_sensitivity",
     "objective",
+    "occluded_areas",
+    "real_columns",
     "region_tables",
     "search_best",
     "select_trials",
@@ -87,7 +89,6 @@ class StudyInfo:
         folds: Number of folds of a k-fold study, else None.
         protocols: Test protocols on the labelled test split.
         real: Names of the real-occlusion test sets (``occlusion-ferplus``).
-        real_specs: Their ``NAME:ROOT`` specs, as in the study.
         grid: Gridded parameters and their values.
         sampled: Sampled parameters: name -> (low, high, log scale).
         fixed: Fixed parameters and their values.
@@ -107,7 +108,6 @@ class StudyInfo:
     folds: int | None = None
     protocols: tuple[str, ...] = ("clean",)
     real: tuple[str, ...] = ()
-    real_specs: tuple[str, ...] = ()
     grid: Mapping[str, tuple[float | str, ...]] = field(default_factory=dict)
     sampled: Mapping[str, tuple[float, float, bool]] = field(default_factory=dict)
     fixed: Mapping[str, float] = field(default_factory=dict)
@@ -144,7 +144,6 @@ class StudyInfo:
             folds=study.finetune.folds,
             protocols=tuple(study.test.protocols),
             real=tuple(DataRef.parse(r).name for r in study.test.real),
-            real_specs=tuple(study.test.real),
             grid=grid,
             sampled=sampled,
             fixed=fixed,
@@ -398,6 +397,50 @@ def ablation_table(
             )
             cells[(v, c)] = Cell(cell.variant, c, cell.units, cell.summary, best, cell.trials)
     return AblationTable(setting, tuple(variants), tuple(columns), cells)
+
+
+def occluded_areas(
+    selected: Mapping[tuple[Setting, str, str], TrialRecord], table: AblationTable
+) -> dict[Column, float]:
+    """Mean occluded share of the image per column of a table, as its trials logged it.
+
+    The evaluation records, for each synthetic protocol, the mean of the mask its occluder
+    applied to the test images (``test.<p>.occluded_area``). The value here is the mean over
+    the selected trials of the table's setting that logged one: they were tested on the same
+    occluded pixels, so they agree.
+
+    Args:
+        selected: The selected trials (see :func:`select_trials`).
+        table: The table whose columns to label.
+
+    Returns:
+        Column -> area in [0, 1]; columns without one (clean, real occlusions, trials logged
+        before the area was recorded) are left out.
+    """
+    out: dict[Column, float] = {}
+    for c in table.columns:
+        values = [
+            area
+            for (s, _, _), t in selected.items()
+            if s == table.setting and t.dataset == c.dataset
+            if (area := t.occluded_area.get(c.protocol)) is not None
+        ]
+        if values:
+            out[c] = math.fsum(values) / len(values)
+    return out
+
+
+def real_columns(
+    columns: Iterable[Column], info: StudyInfo, areas: Mapping[Column, float] | None = None
+) -> tuple[Column, ...]:
+    """The columns that are real-occlusion test sets: neither ``clean`` nor a synthetic
+    protocol (a known name, one of the study's, or one with a logged occluded area)."""
+    synthetic = {*PROTOCOL_ORDER, *info.protocols}
+    return tuple(
+        c
+        for c in columns
+        if c.region is None and c.protocol not in synthetic and c not in (areas or {})
+    )
 
 
 @dataclass(frozen=True)

@@ -1,8 +1,11 @@
 """Studies: typed definitions of many runs of the method (:mod:`occstudy.study.spec`) and,
 below, the runner that executes them on Ray.
 
-Importing this package needs neither Ray nor MLflow for the definitions.
+Importing this package needs neither torch, Ray nor MLflow: the definitions import only
+:mod:`occstudy.method`; the runner's names load on first use.
 """
+
+from typing import Any
 
 from occstudy.study.spec import (
     ALGORITHMS,
@@ -48,9 +51,15 @@ __all__ = [
     "load_study",
 ]
 
-# ---------------------------------------------------------------------------------------------
-# runner exports are added below (imports and `__all__ += [...]`); the definitions end above.
-# ---------------------------------------------------------------------------------------------
-from occstudy.study.runner import RunOptions, StudyOutcome, ablation_table, run_study  # noqa: E402
+#: Names of the launching side, which imports torch and Ray: loaded on first use (PEP 562), so
+#: that study files, ``status`` and ``report`` can import the definitions above cheaply.
+_RUNNER_NAMES = ("RunOptions", "StudyOutcome", "ablation_table", "run_study")
+__all__ += list(_RUNNER_NAMES)
 
-__all__ += ["RunOptions", "StudyOutcome", "ablation_table", "run_study"]
+
+def __getattr__(name: str) -> Any:
+    if name in _RUNNER_NAMES:
+        from occstudy.study import runner
+
+        return getattr(runner, name)
+    raise AttributeError(f"module {__name__!r} has no attribute {name!r}")

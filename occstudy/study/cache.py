@@ -12,7 +12,6 @@ from __future__ import annotations
 
 import contextlib
 import fcntl
-import hashlib
 import json
 import os
 import shutil
@@ -22,30 +21,14 @@ from typing import Any
 
 import torch
 
-from occstudy.pipeline import MethodConfig, pretext_source_label
+from occstudy.method import pretext_cache_key
 from occstudy.train import load_checkpoint
 
 RESULT_FILE = "pretext.pt"
 WORK_FILE = "work.pt"
 META_FILE = "meta.json"
 
-#: Settings a variant's pretext stage does not depend on, dropped from its key so that runs
-#: differing only in those share one pretext (``ss`` ignores λ; ``mask`` ignores λ and τ).
-IRRELEVANT: dict[str, tuple[str, ...]] = {"ss": ("lam",), "mask": ("lam", "tau"), "ss+mask": ()}
-
-
-def pretext_cache_key(config: MethodConfig, data_fingerprint: str) -> str:
-    """Key of a pretext result: settings it depends on + every pretext source, in order + data
-    fingerprint + seed."""
-    key = dict(config.pretext_key())
-    for name in IRRELEVANT[config.variant]:
-        key.pop(name)
-    # Sources by kind and name, not path: the same faces moved elsewhere keep their entry (the
-    # data fingerprint identifies the content).
-    key["pretext_data"] = [pretext_source_label(s) for s in config.pretext_data]
-    key["data"] = data_fingerprint
-    blob = json.dumps(key, sort_keys=True, default=str).encode()
-    return f"{config.variant.replace('+', '-')}-{hashlib.sha256(blob).hexdigest()[:16]}"
+__all__ = ["META_FILE", "RESULT_FILE", "WORK_FILE", "PretextCache", "pretext_cache_key"]
 
 
 class PretextCache:

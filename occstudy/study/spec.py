@@ -28,19 +28,22 @@ from dataclasses import dataclass, field, fields, replace
 from pathlib import Path
 from typing import Any, TypeAlias
 
-from occstudy.evaluate import SYNTHETIC_PROTOCOLS
-from occstudy.losses import VARIANTS
-from occstudy.occlusion import POLICIES
-from occstudy.pipeline import (
+from occstudy.method import (
     DEFAULT_SPLITS,
+    PARAMETERS,
+    POLICIES,
+    PRETEXT_VARIANTS,
+    PROTOCOLS,
     REAL_OCCLUSION_SETS,
+    STEMS,
     SYNTHETIC,
+    VARIANTS,
     DataRef,
     MethodConfig,
     pretext_source_problem,
     pretext_source_ref,
 )
-from occstudy.recipes import ARCHS, STEMS, Recipe, get_recipe
+from occstudy.recipes import Recipe, get_recipe
 
 __all__ = [
     "ALGORITHMS",
@@ -65,19 +68,22 @@ __all__ = [
 ]
 
 #: Searchable hyper-parameters of the method (``arch`` is categorical: Fixed or Grid of names).
-PARAMS: tuple[str, ...] = ("lam", "tau", "lr", "pretext_lr", "arch")
+PARAMS: tuple[str, ...] = tuple(PARAMETERS)
 #: Parameters whose values are names, not numbers.
-CATEGORICAL_PARAMS: dict[str, tuple[str, ...]] = {"arch": ARCHS}
+CATEGORICAL_PARAMS: dict[str, tuple[str, ...]] = {
+    p.name: p.choices for p in PARAMETERS.values() if p.categorical
+}
 #: The parameters the pretext stage's result depends on (the runner's pretext cache key).
-PRETEXT_PARAMS: tuple[str, ...] = ("lam", "tau", "pretext_lr", "arch")
+PRETEXT_PARAMS: tuple[str, ...] = tuple(
+    p.name for p in PARAMETERS.values() if p.stage != "finetune"
+)
 #: ``grid`` enumerates; the others are Optuna samplers run through Ray Tune's OptunaSearch.
 ALGORITHMS: tuple[str, ...] = ("grid", "tpe", "random", "cmaes")
 SCHEDULERS: tuple[str, ...] = ("none", "asha")
-PROTOCOLS: tuple[str, ...] = ("clean", *SYNTHETIC_PROTOCOLS)
 #: Labelled datasets whose loader deals subject-independent folds (options fold, n_folds).
 FOLD_DATASETS: tuple[str, ...] = ("ckplus",)
 #: Variants without a pretext stage (their F starts from scratch).
-NO_PRETEXT_VARIANTS: tuple[str, ...] = ("none",)
+NO_PRETEXT_VARIANTS: tuple[str, ...] = tuple(v for v in VARIANTS if v not in PRETEXT_VARIANTS)
 DATA_ENV = "OCCSTUDY_DATA"
 #: Most CPUs a worker takes when ``Resources.cpus_per_worker`` is left to the driver: past
 #: about 8 threads a ResNet step on 48 px faces stops getting faster, so larger nodes run
@@ -246,7 +252,10 @@ _PARAM_KINDS: dict[str, type[Fixed] | type[Grid] | type[Uniform] | type[LogUnifo
 }
 #: The paper's λ = 0.2 and τ = 2; the learning rates and ``arch`` default to the study's
 #: recipe (see :func:`default_search_space`).
-DEFAULT_SEARCH_SPACE: dict[str, Param] = {"lam": Fixed(0.2), "tau": Fixed(2.0)}
+DEFAULT_SEARCH_SPACE: dict[str, Param] = {
+    name: Fixed(PARAMETERS[name].default)  # type: ignore[arg-type]
+    for name in ("lam", "tau")
+}
 
 
 def default_search_space(recipe: str | Recipe) -> dict[str, Param]:
@@ -366,13 +375,17 @@ class PretextSpec:
         epochs: Pretext epochs.
         limit: Use at most this many unlabelled faces (None = all; several sources are capped
             together by a seeded draw).
-        policy: Occlusion policy (see :data:`occstudy.occlusion.POLICIES`).
+        policy: Occlusion policy (see :data:`occstudy.method.POLICIES`).
+        gather_negatives: With several Ray Train workers (DDP), contrast each worker's faces
+            with the whole global batch in L_SS, not with its own batch only (off: as the
+            paper's single-process setting; see :class:`occstudy.method.MethodConfig`).
     """
 
     data: tuple[str, ...] = (SYNTHETIC,)
     epochs: int = 1
     limit: int | None = None
     policy: str = "all"
+    gather_negatives: bool = False
 
     def __post_init__(self) -> None:
         data = (self.data,) if isinstance(self.data, str) else _tuple("PretextSpec.data", self.data)
@@ -390,6 +403,8 @@ class PretextSpec:
         _integer("PretextSpec.epochs", self.epochs, 1)
         _optional_integer("PretextSpec.limit", self.limit, 1)
         _choice("PretextSpec.policy", self.policy, POLICIES)
+        if not isinstance(self.gather_negatives, bool):
+            raise _err("PretextSpec.gather_negatives", self.gather_negatives, "must be a bool")
 
 
 @dataclass(frozen=True)
@@ -880,6 +895,7 @@ class Study:
                 tau=float(p["tau"]),
                 lam=float(p["lam"]),
                 pretext_policy=self.pretext.policy,
+                gather_negatives=self.pretext.gather_negatives,
                 finetune_policy=self.finetune.policy,
                 occlusion_prob=self.finetune.occlusion_prob,
                 protocols=self.test.protocols,

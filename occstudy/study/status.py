@@ -2,12 +2,10 @@
 
 from __future__ import annotations
 
-import json
 from dataclasses import dataclass, field
-from pathlib import Path
 
 from occstudy import tracking
-from occstudy.study.runner import resolve_tracking_uri, study_paths
+from occstudy.study.layout import StudyLayout
 from occstudy.study.spec import Study
 
 
@@ -34,16 +32,14 @@ def study_status(
     study: Study, *, storage: str | None = None, tracking_uri: str | None = None
 ) -> StudyStatus:
     """Collect the MLflow runs of the study's last launch."""
-    study_dir, _ = study_paths(study, storage)
-    uri = resolve_tracking_uri(study_dir, tracking_uri)
-    launches_file = study_dir / "launches.json"
-    launches = json.loads(launches_file.read_text()) if launches_file.exists() else []
-    launch = launches[-1] if launches else None
+    layout = StudyLayout.of(study.name, storage)
+    uri = layout.tracking_uri(tracking_uri)
+    launch = layout.last_launch()
     expected = len(study.grid_points()) * (
         study.search.num_samples if study.sampled_params() else 1
     )
     status = StudyStatus(study.name, launch, uri, expected)
-    if launch is None or (uri.startswith("sqlite:") and not Path(study_dir / "mlflow.db").exists()):
+    if launch is None or (uri.startswith("sqlite:") and not layout.mlflow_db.exists()):
         return status
     tracking.check_reachable(uri)
     for run in tracking.find_runs(uri, study.name, kind="finetune"):

@@ -139,7 +139,8 @@ def finetune_worker(
     task: FinetuneTask, runtime: Runtime, report: Report | None = None
 ) -> dict[str, Any]:
     """Fine-tune and test one trial on this worker; returns the summary metrics (rank 0 logs
-    the per-protocol results, confusion matrices, mask pictures and best checkpoint)."""
+    the per-protocol results, confusion matrices, mask pictures on synthetic objects and on
+    each real-occlusion test set, and the best checkpoint)."""
     start = time.perf_counter()
     config = task.config
     # The pretext result comes from the cache; the unlabelled faces are not needed here.
@@ -172,6 +173,10 @@ def finetune_worker(
         tracking.log_metrics(task.run, {"best_val_acc": summary["best_val_acc"]})
         if model.mask_head is not None:
             log_mask_examples(task.run, model, data.test, config.image_size, "finetune-objects.png")
+            # Real occlusions have no true mask: the pictures show what U_o makes of them, and
+            # are drawn here, where model and data are loaded, so a report only reads them.
+            for name, faces in data.real.items():
+                log_real_mask_examples(task.run, model, faces, config.image_size, name)
         best = trial_dir / "best.pt"
         if best.exists():
             tracking.log_checkpoint(task.run, best)
@@ -196,3 +201,38 @@ def log_mask_examples(
     model = model.cpu().eval()
     logits = model.predict_mask(normalize(x))
     tracking.log_mask_picture(run, x, masks, logits, name=name)
+
+
+@torch.no_grad()
+def log_real_mask_examples(
+    run: tracking.RunRef, model: OccNet, data: FaceSet, image_size: int, name: str, n: int = 8
+) -> None:
+    """Log the first ``n`` images of a real-occlusion test set next to U_o's predicted
+    P(occluded), as ``masks/real-<name>.png`` (named by
+    :func:`occstudy.tracking.real_mask_picture_name`).
+
+    The first images are a fixed choice, the same for every trial. Real occlusions have no true
+    mask, so the picture has two rows: input and prediction. A set without images logs nothing.
+
+    Args:
+        run: The trial's run.
+        model: The fine-tuned model; it must have a mask head.
+        data: The real-occlusion test set.
+        image_size: Network input side.
+        name: The set's protocol name (its key in ``MethodData.real``).
+        n: Number of images drawn.
+
+    Raises:
+        ValueError: When the model has no mask head.
+    """
+    if model.mask_head is None:
+        raise ValueError("log_real_mask_examples: the model has no mask head")
+    if len(data) == 0:
+        return
+    x = to_float(data.images[:n])
+    if x.shape[-1] != image_size:
+        x = torch.nn.functional.interpolate(
+            x, size=(image_size, image_size), mode="bilinear", antialias=True
+        )
+    logits = model.cpu().eval().predict_mask(normalize(x))
+    tracking.log_mask_picture(run, x, None, logits, name=tracking.real_mask_picture_name(name))

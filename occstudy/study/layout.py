@@ -1,0 +1,141 @@
+"""Where a study keeps its files: the one description of the storage layout.
+
+A storage root (``--storage``, default ``./occstudy-runs``; a shared folder on a cluster)
+holds one folder per study and the pretext cache that every study in it shares::
+
+    <storage>/
+      pretext-cache/<key>/          pretext results (occstudy.study.cache)
+      <study>/
+        study.json                  the study definition of the last launch
+        launches.json               launch names, oldest first (the last one is current)
+        mlartifacts/                the embedded store's artifacts
+        mlflow.db                   the embedded MLflow store (when no server is given;
+                                    tracking.default_tracking_uri)
+        report/                     the last report built
+        tune/                       Ray Tune's experiment folders
+
+The runner writes these; ``status``, ``report``, ``ui`` and the CLI read them through here.
+Nothing in this module imports torch, Ray or MLflow.
+"""
+
+from __future__ import annotations
+
+import json
+import os
+from dataclasses import dataclass
+from pathlib import Path
+from typing import Protocol
+
+from occstudy.tracking import default_tracking_uri
+
+__all__ = [
+    "DEFAULT_STORAGE",
+    "StudyLayout",
+    "default_tracking_uri",
+    "resolve_tracking_uri",
+    "study_paths",
+]
+
+#: Storage root when a launch names none (relative to the working directory).
+DEFAULT_STORAGE = "occstudy-runs"
+PRETEXT_CACHE = "pretext-cache"
+STUDY_FILE = "study.json"
+LAUNCHES_FILE = "launches.json"
+MLFLOW_DB = "mlflow.db"
+REPORT_DIR = "report"
+ARTIFACTS_DIR = "mlartifacts"
+
+
+@dataclass(frozen=True)
+class StudyLayout:
+    """The files of one study in one storage root.
+
+    Attributes:
+        storage: The storage root, absolute.
+        name: The study's name (its folder's name).
+    """
+
+    storage: Path
+    name: str
+
+    @classmethod
+    def of(cls, name: str, storage: str | os.PathLike[str] | None = None) -> StudyLayout:
+        """The layout of study ``name`` under ``storage`` (default :data:`DEFAULT_STORAGE`)."""
+        return cls(Path(storage or DEFAULT_STORAGE).expanduser().resolve(), name)
+
+    @property
+    def study_dir(self) -> Path:
+        return self.storage / self.name
+
+    @property
+    def cache_dir(self) -> Path:
+        """The pretext cache, shared by every study of the storage root."""
+        return self.storage / PRETEXT_CACHE
+
+    @property
+    def study_file(self) -> Path:
+        return self.study_dir / STUDY_FILE
+
+    @property
+    def report_dir(self) -> Path:
+        return self.study_dir / REPORT_DIR
+
+    @property
+    def mlflow_db(self) -> Path:
+        return self.study_dir / MLFLOW_DB
+
+    def tracking_uri(self, explicit: str | None = None) -> str:
+        """``explicit``, else ``$MLFLOW_TRACKING_URI``, else the study's embedded store."""
+        return (
+            explicit
+            or os.environ.get("MLFLOW_TRACKING_URI")
+            or default_tracking_uri(self.study_dir)
+        )
+
+    def artifact_root(self, tracking_uri: str) -> str | None:
+        """Where the embedded store keeps artifacts (``<study>/mlartifacts``); None for a
+        tracking server, which decides itself."""
+        if tracking_uri.startswith("sqlite:"):
+            return (self.study_dir / ARTIFACTS_DIR).as_uri()
+        return None
+
+    def launches(self) -> list[str]:
+        """Launch names, oldest first; empty when the study never ran or the file is unreadable."""
+        path = self.study_dir / LAUNCHES_FILE
+        if not path.is_file():
+            return []
+        try:
+            launches = json.loads(path.read_text())
+        except ValueError:
+            return []
+        return [str(x) for x in launches] if isinstance(launches, list) else []
+
+    def last_launch(self) -> str | None:
+        launches = self.launches()
+        return launches[-1] if launches else None
+
+    def start_launch(self, resume: bool) -> str:
+        """``launch-N``: a new N per fresh launch (recorded), the last one again on ``resume``."""
+        launches = self.launches()
+        if resume and launches:
+            return launches[-1]
+        name = f"launch-{len(launches) + 1}"
+        launches.append(name)
+        self.study_dir.mkdir(parents=True, exist_ok=True)
+        (self.study_dir / LAUNCHES_FILE).write_text(json.dumps(launches))
+        return name
+
+
+class _Named(Protocol):
+    name: str
+
+
+def study_paths(study: _Named, storage: str | None) -> tuple[Path, Path]:
+    """(study folder, pretext cache folder) of ``study`` (anything with a ``name``)."""
+    layout = StudyLayout.of(str(study.name), storage)
+    return layout.study_dir, layout.cache_dir
+
+
+def resolve_tracking_uri(study_dir: Path, tracking_uri: str | None) -> str:
+    """The tracking URI of the study in ``study_dir`` (see :meth:`StudyLayout.tracking_uri`)."""
+    return StudyLayout(study_dir.parent, study_dir.name).tracking_uri(tracking_uri)
