@@ -51,13 +51,18 @@ if TYPE_CHECKING:
     from occstudy.method import MethodConfig
 
 __all__ = [
+    "ABLATION_ARTIFACT",
     "CATEGORICAL_PARAMS",
+    "FINETUNE_MASKS",
+    "PRETEXT_MASKS",
+    "TRIALS_ARTIFACT",
     "PARAM_NAMES",
     "RUN_STATUSES",
     "RunRef",
     "StudyTracker",
     "TrackingError",
     "check_reachable",
+    "confusion_artifact",
     "default_artifact_root",
     "default_tracking_uri",
     "disable_telemetry",
@@ -69,6 +74,7 @@ __all__ = [
     "log_metrics",
     "log_params",
     "log_results",
+    "mask_artifact",
     "method_params",
     "method_tags",
     "real_mask_picture_name",
@@ -610,6 +616,28 @@ def _study_params(study_name: str, study_dict: Mapping[str, Any]) -> dict[str, s
 
 
 # --------------------------------------------------------------------------------------------
+# Artifact names (written by the trials and the driver, read back by the report)
+
+#: Mask picture of a pretext job (synthetic object occluders), under ``masks/``.
+PRETEXT_MASKS = "pretext-objects.png"
+#: Mask picture of a fine-tune trial (synthetic object occluders), under ``masks/``.
+FINETUNE_MASKS = "finetune-objects.png"
+#: A launch's finished trials and its ablation table (artifacts of the launch's parent run).
+TRIALS_ARTIFACT = "trials.json"
+ABLATION_ARTIFACT = "ablation.json"
+
+
+def mask_artifact(name: str) -> str:
+    """Artifact path of a mask picture called ``name`` (``masks/<name>``)."""
+    return f"masks/{name}"
+
+
+def confusion_artifact(protocol: str, ext: str = "json") -> str:
+    """Artifact path of a trial's confusion matrix on ``protocol`` (``json`` or ``png``)."""
+    return f"confusion/{protocol}.{ext}"
+
+
+# --------------------------------------------------------------------------------------------
 # The params and tags of a run of the method (the names every study's runs share)
 
 #: MLflow param name of each method parameter that has one of its own (λ is ``lam`` in
@@ -817,13 +845,13 @@ def log_results(run: RunRef, results: Mapping[str, Any]) -> None:
             "per_class_acc": r.get("per_class_acc"),
             "regions": regions,
         }
-        client.log_text(run.run_id, _to_json(doc), f"confusion/{p}.json")
+        client.log_text(run.run_id, _to_json(doc), confusion_artifact(p))
         fig = confusion_figure(
             r["confusion"],
             list(r["classes"]),
             title=f"{p}  acc {float(r['acc']):.1%}  ({r.get('label_space', '?')})",
         )
-        _log_figure(run, fig, f"confusion/{p}.png")
+        _log_figure(run, fig, confusion_artifact(p, "png"))
     log_metrics(run, metrics)
 
 
@@ -919,7 +947,7 @@ def log_mask_picture(
     """
     if inputs.ndim != 4 or pred_logits.ndim != 4:
         raise ValueError("inputs and pred_logits must be (N, C, H, W) tensors")
-    _log_figure(run, mask_figure(inputs, true_masks, pred_logits), f"masks/{name}")
+    _log_figure(run, mask_figure(inputs, true_masks, pred_logits), mask_artifact(name))
 
 
 def real_mask_picture_name(test_set: str) -> str:

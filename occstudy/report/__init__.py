@@ -112,7 +112,7 @@ def _confusions(
         if c.dataset == t.dataset and c.protocol in t.acc
     ]
     docs = reader.read_many_json(
-        (t.artifact_uri, f"confusion/{c.protocol}.json") for t, c in wanted
+        (t.artifact_uri, tracking.confusion_artifact(c.protocol)) for t, c in wanted
     )
     out: dict[Column, list[ConfusionSum]] = {}
     for c in table.columns:
@@ -123,7 +123,7 @@ def _confusions(
             for t, col in wanted:
                 if col != c or t.variant != v:
                     continue
-                doc = docs.get((t.artifact_uri, f"confusion/{c.protocol}.json"))
+                doc = docs.get((t.artifact_uri, tracking.confusion_artifact(c.protocol)))
                 if not isinstance(doc, dict) or "matrix" not in doc or "classes" not in doc:
                     continue
                 names = tuple(str(x) for x in doc["classes"])
@@ -166,7 +166,7 @@ def _mask_figures(
             continue  # no mask network U_o in these variants
         t = found
         slug = v.replace("+", "-")
-        png = reader.read_bytes(t.artifact_uri, "masks/finetune-objects.png")
+        png = reader.read_bytes(t.artifact_uri, tracking.mask_artifact(tracking.FINETUNE_MASKS))
         if png is not None:
             figures.append(
                 ReportFigure(
@@ -179,12 +179,14 @@ def _mask_figures(
                 )
             )
         else:
-            notes.append(f"{v}: trial {t.name} logged no masks/finetune-objects.png")
+            notes.append(
+                f"{v}: trial {t.name} logged no {tracking.mask_artifact(tracking.FINETUNE_MASKS)}"
+            )
         pre = runs.pretext.get(t.cache_key or "")
         pre_png = (
             None
             if pre is None
-            else reader.read_bytes(pre.artifact_uri, "masks/pretext-objects.png")
+            else reader.read_bytes(pre.artifact_uri, tracking.mask_artifact(tracking.PRETEXT_MASKS))
         )
         if pre_png is not None:
             figures.append(
@@ -201,7 +203,7 @@ def _mask_figures(
             if c.dataset != t.dataset:
                 continue
             picture = tracking.real_mask_picture_name(c.protocol)
-            real_png = reader.read_bytes(t.artifact_uri, f"masks/{picture}")
+            real_png = reader.read_bytes(t.artifact_uri, tracking.mask_artifact(picture))
             if real_png is None:
                 notes.append(f"{v}: trial {t.name} logged no masks/{picture}")
                 continue

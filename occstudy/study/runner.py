@@ -287,8 +287,8 @@ def _close_launch(ctx: StudyContext, outcome: StudyOutcome) -> None:
     (study_dir / "ablation.md").write_text(outcome.table)
     rows = [r.__dict__ for r in outcome.rows]
     (study_dir / "trials.json").write_text(json.dumps(rows, indent=2, default=str))
-    tracking.log_json(ctx.parent, rows, "trials.json")
-    tracking.log_json(ctx.parent, {"table": outcome.table}, "ablation.json")
+    tracking.log_json(ctx.parent, rows, tracking.TRIALS_ARTIFACT)
+    tracking.log_json(ctx.parent, {"table": outcome.table}, tracking.ABLATION_ARTIFACT)
     tracking.log_metrics(
         ctx.parent,
         {"study_seconds": outcome.seconds, "failed_trials": float(len(outcome.failed))},

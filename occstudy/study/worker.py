@@ -131,7 +131,7 @@ def pretext_worker(
             heads=("mask",),
         )
         net.load_state_dict({k: v for k, v in state.items() if not k.startswith("projector.")})
-        log_mask_examples(task.run, net, data, task.config.image_size, "pretext-objects.png")
+        log_mask_examples(task.run, net, data, task.config.image_size, tracking.PRETEXT_MASKS)
     return history
 
 
@@ -172,7 +172,9 @@ def finetune_worker(
         tracking.log_results(task.run, {k: v.to_dict() for k, v in results.items()})
         tracking.log_metrics(task.run, {"best_val_acc": summary["best_val_acc"]})
         if model.mask_head is not None:
-            log_mask_examples(task.run, model, data.test, config.image_size, "finetune-objects.png")
+            log_mask_examples(
+                task.run, model, data.test, config.image_size, tracking.FINETUNE_MASKS
+            )
             # Real occlusions have no true mask: the pictures show what U_o makes of them, and
             # are drawn here, where model and data are loaded, so a report only reads them.
             for name, faces in data.real.items():
