@@ -593,6 +593,12 @@ class MethodConfig:
         """The :class:`Variant` this run trains."""
         return get_variant(self.variant)
 
+    @property
+    def runs_pretext(self) -> bool:
+        """Whether this run has a pretext stage: a variant with pretext losses and at least
+        one pretext epoch."""
+        return self.method_variant.has_pretext and self.pretext_epochs > 0
+
     def _check_pretext_data(self) -> None:
         """Normalise ``pretext_data`` to a tuple and check each source (see the class doc).
 

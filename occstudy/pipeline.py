@@ -280,7 +280,7 @@ def load_pretext_sources(config: MethodConfig) -> PretextData | None:
     Raises:
         ValueError: when every image of a source is such a duplicate.
     """
-    if config.variant == "none" or config.pretext_epochs == 0:
+    if not config.runs_pretext:
         return None
     sources = config.pretext_data
     single = len(sources) == 1

@@ -205,7 +205,7 @@ def _mask_figures(
             picture = tracking.real_mask_picture_name(c.protocol)
             real_png = reader.read_bytes(t.artifact_uri, tracking.mask_artifact(picture))
             if real_png is None:
-                notes.append(f"{v}: trial {t.name} logged no masks/{picture}")
+                notes.append(f"{v}: trial {t.name} logged no {tracking.mask_artifact(picture)}")
                 continue
             figures.append(
                 ReportFigure(

@@ -24,17 +24,10 @@ import json
 import os
 from dataclasses import dataclass
 from pathlib import Path
-from typing import Protocol
 
 from occstudy.tracking import default_tracking_uri
 
-__all__ = [
-    "DEFAULT_STORAGE",
-    "StudyLayout",
-    "default_tracking_uri",
-    "resolve_tracking_uri",
-    "study_paths",
-]
+__all__ = ["DEFAULT_STORAGE", "StudyLayout"]
 
 #: Storage root when a launch names none (relative to the working directory).
 DEFAULT_STORAGE = "occstudy-runs"
@@ -100,23 +93,37 @@ class StudyLayout:
         return None
 
     def launches(self) -> list[str]:
-        """Launch names, oldest first; empty when the study never ran or the file is unreadable."""
+        """Launch names, oldest first; empty when the study never ran or the file is unreadable
+        (readers: a report or a status shows what MLflow holds either way)."""
+        try:
+            return self._read_launches()
+        except ValueError:
+            return []
+
+    def _read_launches(self) -> list[str]:
         path = self.study_dir / LAUNCHES_FILE
         if not path.is_file():
             return []
         try:
             launches = json.loads(path.read_text())
-        except ValueError:
-            return []
-        return [str(x) for x in launches] if isinstance(launches, list) else []
+        except ValueError as exc:
+            raise ValueError(f"{path}: not a JSON list of launch names ({exc})") from None
+        if not isinstance(launches, list):
+            raise ValueError(f"{path}: not a JSON list of launch names")
+        return [str(x) for x in launches]
 
     def last_launch(self) -> str | None:
         launches = self.launches()
         return launches[-1] if launches else None
 
     def start_launch(self, resume: bool) -> str:
-        """``launch-N``: a new N per fresh launch (recorded), the last one again on ``resume``."""
-        launches = self.launches()
+        """``launch-N``: a new N per fresh launch (recorded), the last one again on ``resume``.
+
+        Raises:
+            ValueError: when the launches file exists but cannot be read; numbering from 1
+                again would give a new launch the name (and MLflow run keys) of an old one.
+        """
+        launches = self._read_launches()
         if resume and launches:
             return launches[-1]
         name = f"launch-{len(launches) + 1}"
@@ -124,18 +131,3 @@ class StudyLayout:
         self.study_dir.mkdir(parents=True, exist_ok=True)
         (self.study_dir / LAUNCHES_FILE).write_text(json.dumps(launches))
         return name
-
-
-class _Named(Protocol):
-    name: str
-
-
-def study_paths(study: _Named, storage: str | None) -> tuple[Path, Path]:
-    """(study folder, pretext cache folder) of ``study`` (anything with a ``name``)."""
-    layout = StudyLayout.of(str(study.name), storage)
-    return layout.study_dir, layout.cache_dir
-
-
-def resolve_tracking_uri(study_dir: Path, tracking_uri: str | None) -> str:
-    """The tracking URI of the study in ``study_dir`` (see :meth:`StudyLayout.tracking_uri`)."""
-    return StudyLayout(study_dir.parent, study_dir.name).tracking_uri(tracking_uri)

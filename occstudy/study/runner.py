@@ -139,19 +139,17 @@ def plan_pretext(
     sampled = study.sampled_params()
     fingerprints = {} if fingerprints is None else fingerprints
     for point in study.grid_points():
-        if point["variant"] == "none":
-            continue
         filled = dict(point)
         for name, dist in sampled.items():
             filled[name] = dist.bounds()[0]
         mc = study.method_config(filled)
-        if mc.pretext_epochs == 0:
+        if not mc.runs_pretext:
             continue
         # The data fingerprint depends on the data settings only: load each set once.
         data_id = pretext_data_id(mc)
         if data_id not in fingerprints:
             data = load_pretext_data(mc)
-            assert data is not None  # a pretext variant with epochs > 0 has data
+            assert data is not None  # a run with a pretext stage has data
             fingerprints[data_id] = data.fingerprint()
         if any(p in sampled for p in mc.method_variant.pretext_params):
             continue

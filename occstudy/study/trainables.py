@@ -75,7 +75,7 @@ class StudyContext:
 
     def pretext_key(self, config: MethodConfig) -> str | None:
         """Cache key of ``config``'s pretext stage (None for ``none``)."""
-        if config.variant == "none" or config.pretext_epochs == 0:
+        if not config.runs_pretext:
             return None
         fp = self.fingerprints.get(pretext_data_id(config))
         if fp is not None:

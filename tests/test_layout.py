@@ -1,0 +1,28 @@
+"""Where a study keeps its files."""
+
+from __future__ import annotations
+
+from pathlib import Path
+
+import pytest
+
+from occstudy.study.layout import StudyLayout
+
+
+def test_launches_are_numbered_and_resumed(tmp_path: Path) -> None:
+    layout = StudyLayout.of("s", tmp_path)
+    assert layout.launches() == [] and layout.last_launch() is None
+    assert layout.start_launch(resume=True) == "launch-1"  # nothing to resume: a new one
+    assert layout.start_launch(resume=False) == "launch-2"
+    assert layout.start_launch(resume=True) == "launch-2"
+    assert layout.launches() == ["launch-1", "launch-2"]
+    assert layout.tracking_uri("http://127.0.0.1:1") == "http://127.0.0.1:1"
+
+
+def test_an_unreadable_launches_file_stops_a_launch_but_not_a_reader(tmp_path: Path) -> None:
+    layout = StudyLayout.of("s", tmp_path)
+    layout.study_dir.mkdir(parents=True)
+    (layout.study_dir / "launches.json").write_text('["launch-1", "launch-2"')  # cut short
+    assert layout.launches() == []
+    with pytest.raises(ValueError, match="launches.json: not a JSON list"):
+        layout.start_launch(resume=False)
