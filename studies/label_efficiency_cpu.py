@@ -3,7 +3,7 @@
 ``none`` against ``ss+mask`` at 1 / 5 / 10 / 25 % of FER2013 Training's labels (stratified,
 seeded subsets), 3 seeds, with the ``fast`` recipe. The pretext stage sees every unlabelled
 face available without touching a validation or test image: LFW plus FER2013 Training with its
-labels ignored (a seeded draw of 10,000 of the 42k faces, one epoch). Tests: PrivateTest clean,
+labels ignored (a seeded draw of 20,000 of the 42k faces, one epoch). Tests: PrivateTest clean,
 r16 and mouth, and Occlusion-FERPlus. ``occstudy report label_efficiency_cpu`` draws the
 curves and pairs the two variants by seed.
 
@@ -21,8 +21,8 @@ study = Study(
     seeds=(0, 1, 2),
     label_fractions=(0.01, 0.05, 0.1, 0.25),
     pretext=PretextSpec(
-        data=(data_root("lfw"), f"fer2013:{data_root('fer2013')}"), epochs=1, limit=10_000
+        data=(data_root("lfw"), f"fer2013:{data_root('fer2013')}"), epochs=1, limit=20_000
     ),
-    finetune=FinetuneSpec(data=f"fer2013:{data_root('fer2013')}", epochs=8),
+    finetune=FinetuneSpec(data=f"fer2013:{data_root('fer2013')}", epochs=6),
     test=TestSpec(protocols=("clean", "r16", "mouth"), real=(f"occlusion-ferplus:{data_root()}",)),
 )
