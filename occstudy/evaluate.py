@@ -28,11 +28,12 @@ from occstudy.data import FaceSet, normalize
 from occstudy.method import SYNTHETIC_PROTOCOLS
 from occstudy.models import OccNet
 from occstudy.occlusion import apply_protocol
+from occstudy.tracking import schema
 from occstudy.train import Runtime, prepare_images
 
 #: Key in :attr:`ProtocolResult.extra` (hence metric ``test.<protocol>.occluded_area``) of the
-#: mean share of the image a synthetic protocol's occluder covered.
-OCCLUDED_AREA = "occluded_area"
+#: mean share of the image a synthetic protocol's occluder covered (the tracking schema's name).
+OCCLUDED_AREA = schema.OCCLUDED_AREA
 
 
 @dataclass
@@ -332,13 +333,13 @@ def summarize(results: Mapping[str, ProtocolResult]) -> dict[str, float]:
     ``test.<protocol>.region.<region>.acc`` / ``.n`` (images), right after its overall ones."""
     out: dict[str, float] = {}
     for name, r in results.items():
-        out[f"test.{name}.acc"] = r.acc
-        out[f"test.{name}.macro_f1"] = r.macro_f1
+        out[schema.test_metric(name, "acc")] = r.acc
+        out[schema.test_metric(name, "macro_f1")] = r.macro_f1
         if r.mask_iou is not None:
-            out[f"test.{name}.mask_iou"] = r.mask_iou
+            out[schema.test_metric(name, "mask_iou")] = r.mask_iou
         for region, m in r.regions.items():
-            out[f"test.{name}.region.{region}.acc"] = m["acc"]
-            out[f"test.{name}.region.{region}.n"] = m["n"]
+            out[schema.test_metric(schema.region_protocol(name, region), "acc")] = m["acc"]
+            out[schema.test_metric(schema.region_protocol(name, region), "n")] = m["n"]
     return out
 
 

@@ -35,6 +35,7 @@ from occstudy.method import (
 from occstudy.models import ModelConfig, OccNet, PretextNet, heads_for_pretext
 from occstudy.occlusion import make_policy
 from occstudy.recipes import lr_at
+from occstudy.tracking import schema
 from occstudy.train import (
     Runtime,
     extractor_state,
@@ -587,7 +588,7 @@ def run_finetune(
         optimizer.load_state_dict(state["optimizer"])
         start_epoch = state["epoch"] + 1
         history = list(state["extra"].get("history", []))
-        best_acc = max((h["val_acc"] for h in history), default=-math.inf)
+        best_acc = max((h[schema.VAL_ACC] for h in history), default=-math.inf)
     policy = make_policy(config.finetune_policy)
     drop_last = len(train) >= config.batch_size * runtime.world_size
     per_rank = _rank_steps(len(train), config, runtime, drop_last=drop_last)
@@ -631,11 +632,11 @@ def run_finetune(
             protocols=("clean",),
             tta_flip=config.tta_flip,
         )
-        metrics["val_acc"] = val_res["clean"].acc
-        metrics["val_macro_f1"] = val_res["clean"].macro_f1
+        metrics[schema.VAL_ACC] = val_res["clean"].acc
+        metrics[schema.VAL_MACRO_F1] = val_res["clean"].macro_f1
         history.append(metrics)
-        if metrics["val_acc"] > best_acc:
-            best_acc = metrics["val_acc"]
+        if metrics[schema.VAL_ACC] > best_acc:
+            best_acc = metrics[schema.VAL_ACC]
             best_state = {k: v.detach().clone() for k, v in net.state_dict().items()}
             if best is not None and runtime.is_main:
                 save_checkpoint(

@@ -92,7 +92,7 @@ def test_names_agree_with_the_modules_that_implement_them() -> None:
 
 def test_parameters_are_the_single_source_of_defaults_and_bounds() -> None:
     from occstudy.cli import build_parser
-    from occstudy.study.spec import DEFAULT_SEARCH_SPACE, PARAMS
+    from occstudy.study.space import DEFAULT_SEARCH_SPACE, PARAMS
 
     assert tuple(M.PARAMETERS) == PARAMS
     config = M.MethodConfig()

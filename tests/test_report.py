@@ -35,18 +35,15 @@ from occstudy.data import synthetic_faces
 from occstudy.evaluate import OCCLUDED_AREA, ProtocolResult
 from occstudy.models import OccNet
 from occstudy.report import ReportResult, StudyInfo, build_report, compute_report
-from occstudy.report.collect import (
-    ArtifactReader,
-    LaunchRecord,
-    ReportError,
-    StudyRuns,
-    TrialRecord,
-    select_launches,
-)
 from occstudy.report.render import MISSING, TEMPLATES_ENV, render_html
 from occstudy.report.tables import Column, Setting, ablation_table, select_trials, significance
 from occstudy.study import FinetuneSpec, Grid, PretextSpec, Study, TestSpec
 from occstudy.study.worker import log_real_mask_examples
+from occstudy.tracking.reader import (
+    ArtifactReader,
+    StudyRuns,
+    TrialRecord,
+)
 
 T975 = {1: 12.706204736174707, 2: 4.302652729749464}  # t_{0.975, df}
 DS = "synthetic-faces"
@@ -644,7 +641,7 @@ def test_a_report_loads_neither_torch_nor_the_runner(fx: Fixture, tmp_path: Path
 import pickle, sys
 from pathlib import Path
 from occstudy.report import compute_report
-from occstudy.report.collect import ArtifactReader, collect_runs
+from occstudy.tracking.reader import ArtifactReader, collect_runs
 from occstudy.report.render import write_report
 info = pickle.loads(Path({str(tmp_path / "info.pkl")!r}).read_bytes())
 runs = collect_runs({fx.uri!r}, "rep", known_launches=["launch-1"])
@@ -772,23 +769,6 @@ def test_kfold_units_pair_by_seed_and_fold() -> None:
     assert c.test.p_sign_flip == pytest.approx(2 / 16)
 
 
-def test_launch_selection() -> None:
-    parents = [
-        LaunchRecord("a", "launch-1", "FINISHED", 1),
-        LaunchRecord("b", "launch-2", "RUNNING", 2),
-    ]
-    assert select_launches(parents, None) == ("launch-2",)
-    assert select_launches(parents, None, known=["launch-1", "launch-2", "launch-3"]) == (
-        "launch-3",
-    )
-    assert select_launches(parents, "all") == ("launch-1", "launch-2")
-    assert select_launches(parents, "launch-1") == ("launch-1",)
-    with pytest.raises(ReportError, match="no launch 'x'; this study has: launch-1, launch-2, all"):
-        select_launches(parents, "x")
-    with pytest.raises(ReportError, match="no launch"):
-        select_launches([], None)
-
-
 def test_cli_report(fx: Fixture, tmp_path: Path, capsys: pytest.CaptureFixture[str]) -> None:
     base = ["report", "rep1", "--storage", str(fx.storage), "--tracking-uri", fx.uri]
     assert main([*base, "--no-log", "--out", str(tmp_path / "r")]) == 0
@@ -799,18 +779,3 @@ def test_cli_report(fx: Fixture, tmp_path: Path, capsys: pytest.CaptureFixture[s
     assert main([*base, "--no-log", "--launch", "nope"]) == 2
     assert "no launch 'nope'" in capsys.readouterr().err
     assert main(["report", "nostudy", "--storage", str(fx.storage)]) == 2
-
-
-def test_unreadable_artifacts_are_reported_missing_ones_are_gaps(tmp_path: Path) -> None:
-    run_dir = tmp_path / "artifacts"
-    (run_dir / "confusion").mkdir(parents=True)
-    (run_dir / "confusion" / "clean.json").write_text('{"acc": 0.5}')
-    (run_dir / "confusion" / "r16.json").write_text('{"acc": 0.5')  # cut short
-    reader = ArtifactReader("sqlite:///unused.db")
-    uri = run_dir.as_uri()
-    assert reader.read_json(uri, "confusion/clean.json") == {"acc": 0.5}
-    assert reader.read_json(uri, "confusion/r8.json") is None  # never logged: a gap
-    assert reader.problems == []
-    assert reader.read_json(uri, "confusion/r16.json") is None
-    (problem,) = reader.problems
-    assert "confusion/r16.json" in problem and "not JSON" in problem

@@ -24,7 +24,7 @@ import sys
 from pathlib import Path
 import occstudy.report.render as render
 from occstudy.report import compute_report
-from occstudy.report.collect import StudyRuns, TrialRecord
+from occstudy.tracking.reader import StudyRuns, TrialRecord
 from occstudy.report.tables import StudyInfo
 
 assert Path(render.__file__).is_relative_to(Path(sys.argv[1])), render.__file__

@@ -26,7 +26,7 @@ from occstudy.study import (
     data_root,
     load_study,
 )
-from occstudy.study.spec import SearchSpace
+from occstudy.study.space import SearchSpace
 
 STUDIES = sorted((Path(__file__).parents[1] / "studies").glob("*.py"))
 DATA_SUBFOLDERS = ("lfw", "fer2013", "ferplus", "ckplus", "vggface2")

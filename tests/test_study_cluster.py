@@ -84,7 +84,7 @@ def test_two_node_cluster_ddp_both_stages_into_mlflow_server(tmp_path) -> None:
         assert "pretext.loss" in pretext.data.metrics
         for key in ("test.clean.acc", "test.r16.acc", "test.r16.mask_iou", "val_acc"):
             assert math.isfinite(trial.data.metrics[key]), key
-        client = tracking._client(uri)
+        client = tracking.store._client(uri)
         names = {f.path for f in client.list_artifacts(trial.info.run_id, "confusion")}
         assert "confusion/clean.json" in names
         assert trial.info.artifact_uri.startswith("mlflow-artifacts:")

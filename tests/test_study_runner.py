@@ -86,7 +86,7 @@ def test_tiny_study_in_process_then_ray_train_then_cache_reuse(tmp_path) -> None
         for key in [*keys, "val_acc", "best_val_acc"]:
             assert b[key] == pytest.approx(a[key], abs=1e-6), (row.point["variant"], key)
     (pretext_run,) = tracking.find_runs(uri, "tiny", kind="pretext")  # found again, not new
-    losses = tracking._client(uri).get_metric_history(pretext_run.info.run_id, "pretext.loss")
+    losses = tracking.store._client(uri).get_metric_history(pretext_run.info.run_id, "pretext.loss")
     assert len(losses) == 2 and losses[0].value == pytest.approx(losses[1].value, abs=1e-6)
     trials = tracking.find_runs(uri, "tiny", kind="finetune")
     assert sorted(r.data.tags.get("ray_workers", "-") for r in trials) == ["-", "-", "1"]
@@ -173,7 +173,7 @@ def test_killed_driver_resumes_without_rerunning_or_duplicating(tmp_path) -> Non
         run = next(r for r in trials if r.data.tags["occstudy.key"] == key)
         assert run.info.run_id == run_id
         # Not rerun: its per-epoch history was logged once.
-        history = tracking._client(uri).get_metric_history(run_id, "val_acc")
+        history = tracking.store._client(uri).get_metric_history(run_id, "val_acc")
         assert len(history) == 3
 
 
@@ -280,6 +280,8 @@ def test_a_trial_whose_worker_dies_is_retried_from_its_last_checkpoint(tmp_path)
     assert "test.clean.acc" in row.metrics
     (run,) = tracking.find_runs(out.tracking_uri, "tiny-fault", kind="finetune")
     assert run.info.status == "FINISHED"
-    history = tracking._client(out.tracking_uri).get_metric_history(run.info.run_id, "val_acc")
+    history = tracking.store._client(out.tracking_uri).get_metric_history(
+        run.info.run_id, "val_acc"
+    )
     # Epoch 0 ran once: the retry resumed from last.pt instead of starting over.
     assert sorted(m.step for m in history) == [0, 1, 2]

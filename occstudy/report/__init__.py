@@ -1,7 +1,7 @@
 """Study reports: paper-style tables with honest statistics, figures and a self-contained page,
 read from a study's MLflow runs (``occstudy report STUDY``).
 
-:func:`build_report` reads the runs (:mod:`~occstudy.report.collect`), computes the tables
+:func:`build_report` reads the runs (:mod:`~occstudy.tracking.reader`), computes the tables
 (:mod:`~occstudy.report.tables`, statistics in :mod:`~occstudy.report.stats`), draws the
 figures (:mod:`~occstudy.report.figures`), writes HTML, Markdown, CSV and JSON
 (:mod:`~occstudy.report.render`) into ``<study dir>/report/`` and logs them to the study's
@@ -20,13 +20,6 @@ from pathlib import Path
 from typing import Any
 
 from occstudy import tracking
-from occstudy.report.collect import (
-    ArtifactReader,
-    ReportError,
-    StudyRuns,
-    TrialRecord,
-    collect_runs,
-)
 from occstudy.report.figures import (
     ConfusionSum,
     label_efficiency_figure,
@@ -56,6 +49,13 @@ from occstudy.report.tables import (
     varying_params,
 )
 from occstudy.study.layout import StudyLayout
+from occstudy.tracking.reader import (
+    ArtifactReader,
+    ReportError,
+    StudyRuns,
+    TrialRecord,
+    collect_runs,
+)
 
 __all__ = [
     "Report",
@@ -235,7 +235,7 @@ def compute_report(
 
     Args:
         info: The study definition's essentials.
-        runs: The runs (see :func:`occstudy.report.collect.collect_runs`).
+        runs: The runs (see :func:`occstudy.tracking.reader.collect_runs`).
         reader: Artifact reader (confusion matrices, mask pictures).
         figures: Draw the figures (tables only when False).
     """
@@ -368,26 +368,17 @@ def compute_report(
     )
 
 
-def _sqlite_file(uri: str) -> Path | None:
-    """Database file of a ``sqlite:///PATH`` URI, None for other stores."""
-    if not uri.startswith("sqlite:///"):
-        return None
-    path = uri[len("sqlite:///") :].split("?", 1)[0]
-    # sqlite:///rel.db is relative to the working folder, sqlite:////abs.db absolute.
-    return None if path in ("", ":memory:") else Path(path)
-
-
 def _log_artifacts(tracking_uri: str, run_id: str, files: Mapping[str, Path]) -> None:
     """Log the report's files (only those: --out may name a folder holding other things)
     under ``report/`` (figures under ``report/figures/``)."""
-    from mlflow.tracking import MlflowClient
-
-    tracking.disable_telemetry()
-    client = MlflowClient(tracking_uri=tracking_uri)
-    for kind, path in files.items():
-        client.log_artifact(
-            run_id, str(path), "report/figures" if kind.startswith("figure:") else "report"
-        )
+    tracking.log_files(
+        tracking_uri,
+        run_id,
+        {
+            path: "report/figures" if kind.startswith("figure:") else "report"
+            for kind, path in files.items()
+        },
+    )
 
 
 def build_report(
@@ -417,7 +408,7 @@ def build_report(
     info = StudyInfo.from_study(study)
     layout = StudyLayout.of(study.name, storage)
     uri = layout.tracking_uri(tracking_uri)
-    db = _sqlite_file(uri)
+    db = tracking.sqlite_path(uri) if uri.startswith("sqlite:") else None
     if db is not None and not db.is_file():
         # MLflow would create an empty store there: a report only reads.
         raise ReportError(f"no MLflow store at {db}: run the study first")

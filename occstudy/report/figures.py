@@ -16,7 +16,6 @@ from collections.abc import Collection, Mapping, Sequence
 from dataclasses import dataclass
 from typing import TYPE_CHECKING, Any
 
-from occstudy.report.collect import TrialRecord
 from occstudy.report.tables import (
     AblationTable,
     Column,
@@ -26,6 +25,7 @@ from occstudy.report.tables import (
     StudyInfo,
     objective,
 )
+from occstudy.tracking.reader import TrialRecord
 
 if TYPE_CHECKING:
     from matplotlib.axes import Axes

@@ -25,7 +25,6 @@ from importlib import resources
 from pathlib import Path
 from typing import TYPE_CHECKING, Any
 
-from occstudy.report.collect import TrialRecord
 from occstudy.report.figures import ConfusionSum
 from occstudy.report.stats import ALPHA, LEVEL, MAX_EXACT_SIGN_FLIP, Summary
 from occstudy.report.tables import (
@@ -43,6 +42,8 @@ from occstudy.report.tables import (
     StudyInfo,
     objective,
 )
+from occstudy.tracking import schema
+from occstudy.tracking.reader import TrialRecord
 
 if TYPE_CHECKING:
     from importlib.resources.abc import Traversable
@@ -958,8 +959,8 @@ def _trial_rows(report: Report) -> tuple[list[dict[str, Any]], list[str]]:
         "lr",
         "pretext_lr",
         "objective",
-        *(f"test.{p}.acc" for p in protocols),
-        *(f"test.{p}.macro_f1" for p in protocols),
+        *(schema.test_metric(p, "acc") for p in protocols),
+        *(schema.test_metric(p, "macro_f1") for p in protocols),
     ]
     rows = []
     for t in report.trials:
@@ -977,8 +978,8 @@ def _trial_rows(report: Report) -> tuple[list[dict[str, Any]], list[str]]:
             "objective": objective(t, report.info),
             **{p: t.params.get(p) for p in ("lam", "tau", "lr", "pretext_lr")},
         }
-        row.update({f"test.{p}.acc": v for p, v in t.acc.items()})
-        row.update({f"test.{p}.macro_f1": v for p, v in t.macro_f1.items()})
+        row.update({schema.test_metric(p, "acc"): v for p, v in t.acc.items()})
+        row.update({schema.test_metric(p, "macro_f1"): v for p, v in t.macro_f1.items()})
         rows.append(row)
     return rows, header
 

@@ -29,8 +29,9 @@ from collections.abc import Iterable, Mapping, Sequence
 from dataclasses import dataclass, field
 from typing import Any
 
-from occstudy.report.collect import TrialRecord
 from occstudy.report.stats import ALPHA, PairedTest, Summary, holm, paired_test, summarize
+from occstudy.tracking import schema
+from occstudy.tracking.reader import TrialRecord
 
 __all__ = [
     "REFERENCE_VARIANTS",
@@ -112,7 +113,7 @@ class StudyInfo:
     sampled: Mapping[str, tuple[float, float, bool]] = field(default_factory=dict)
     fixed: Mapping[str, float] = field(default_factory=dict)
     algorithm: str = "grid"
-    metric: str = "val_acc"
+    metric: str = schema.VAL_ACC
     mode: str = "max"
     expected_trials: int = 0
     image_size: int = 48
@@ -122,7 +123,7 @@ class StudyInfo:
     def from_study(cls, study: Any) -> StudyInfo:
         """Read a :class:`occstudy.study.Study`."""
         from occstudy.pipeline import DataRef
-        from occstudy.study.spec import Fixed, Grid, LogUniform, Uniform
+        from occstudy.study.space import Fixed, Grid, LogUniform, Uniform
 
         grid: dict[str, tuple[float | str, ...]] = {}
         sampled: dict[str, tuple[float, float, bool]] = {}
@@ -157,9 +158,9 @@ class StudyInfo:
 
 
 #: Separates a real-occlusion set from one of its regions in a protocol name: the metric
-#: ``test.occlusion-ferplus.region.mouth.acc`` (see :func:`occstudy.evaluate.summarize`) is
-#: protocol ``occlusion-ferplus.region.mouth``.
-REGION_SEP = ".region."
+#: ``test.occlusion-ferplus.region.mouth.acc`` is protocol ``occlusion-ferplus.region.mouth``
+#: (the tracking schema's :func:`~occstudy.tracking.schema.region_protocol`).
+REGION_SEP = schema.REGION_SEP
 
 
 @dataclass(frozen=True, order=True)
@@ -226,8 +227,8 @@ def objective(trial: TrialRecord, info: StudyInfo) -> float | None:
     For ``val_acc`` (per-epoch) the trial's ``best_val_acc`` is used: the epoch whose
     checkpoint was kept and tested.
     """
-    if info.metric == "val_acc" and "best_val_acc" in trial.metrics:
-        value = trial.metrics["best_val_acc"]
+    if info.metric == schema.VAL_ACC and schema.BEST_VAL_ACC in trial.metrics:
+        value = trial.metrics[schema.BEST_VAL_ACC]
     else:
         value = trial.metrics.get(info.metric, math.nan)
     return value if math.isfinite(value) else None
@@ -505,7 +506,8 @@ def region_tables(
                     int(n)
                     for (s, _, _), t in selected.items()
                     if s == main.setting and t.dataset == c.dataset
-                    if (n := t.metrics.get(f"test.{c.protocol}.n")) is not None and math.isfinite(n)
+                    if (n := t.metrics.get(schema.test_metric(c.protocol, "n"))) is not None
+                    and math.isfinite(n)
                 }
                 images[c] = tuple(sorted(counts))
             out.append(RegionTable(real, table, images))

@@ -44,7 +44,8 @@ from occstudy.study.environment import (
 )
 from occstudy.study.layout import StudyLayout
 from occstudy.study.progress import Progress
-from occstudy.study.spec import LogUniform, Study
+from occstudy.study.space import LogUniform
+from occstudy.study.spec import Study
 from occstudy.study.trainables import (
     StudyContext,
     finetune_trainable,

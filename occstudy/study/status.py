@@ -7,6 +7,7 @@ from dataclasses import dataclass, field
 from occstudy import tracking
 from occstudy.study.layout import StudyLayout
 from occstudy.study.spec import Study
+from occstudy.tracking.reader import launch_statuses
 
 
 @dataclass
@@ -42,12 +43,7 @@ def study_status(
     if launch is None or (uri.startswith("sqlite:") and not layout.mlflow_db.exists()):
         return status
     tracking.check_reachable(uri)
-    for run in tracking.find_runs(uri, study.name, kind="finetune"):
-        key = run.data.tags.get("occstudy.key", "")
-        if key.startswith(f"{launch}/"):
-            status.trials[key.split("/", 1)[1]] = run.info.status
-    for run in tracking.find_runs(uri, study.name, kind="pretext"):
-        status.pretext[run.data.tags.get("occstudy.key", "?")] = run.info.status
+    status.trials, status.pretext = launch_statuses(uri, study.name, launch)
     return status
 
 

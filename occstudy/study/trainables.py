@@ -210,7 +210,10 @@ def ensure_pretext(
             kind="pretext",
             key=task.key,
             name=f"pretext-{task.key}",
-            tags={**tracking.method_tags(config, f"pretext-{task.key}"), "cache_key": task.key},
+            tags={
+                **tracking.method_tags(config, f"pretext-{task.key}"),
+                tracking.TAG_CACHE_KEY: task.key,
+            },
             params=tracking.method_params(config),
         )
         if cache.has(task.key):
@@ -285,7 +288,7 @@ def finetune_trainable(config: dict[str, Any], ctx: StudyContext) -> None:
         kind="finetune",
         key=f"{ctx.launch}/{name}",
         name=name,
-        tags={**tracking.method_tags(mc, name), **({"cache_key": key} if key else {})},
+        tags={**tracking.method_tags(mc, name), **({tracking.TAG_CACHE_KEY: key} if key else {})},
         params=tracking.method_params(mc),
     )
     task = FinetuneTask(

@@ -159,7 +159,9 @@ def finetune_worker(
     summary: dict[str, Any] = _epoch_metrics(history[-1]) if history else {}
     if history:
         summary["epoch"] = len(history) - 1
-    summary["best_val_acc"] = max((h["val_acc"] for h in history), default=float("nan"))
+    summary[tracking.BEST_VAL_ACC] = max(
+        (h[tracking.VAL_ACC] for h in history), default=float("nan")
+    )
     if not runtime.is_main:
         # Testing is forward-only and logged by rank 0: the other DDP ranks would only repeat
         # it (the full test sets under every protocol) and discard the result.
@@ -170,7 +172,7 @@ def finetune_worker(
     summary["trial_seconds"] = time.perf_counter() - start
     if task.run is not None:
         tracking.log_results(task.run, {k: v.to_dict() for k, v in results.items()})
-        tracking.log_metrics(task.run, {"best_val_acc": summary["best_val_acc"]})
+        tracking.log_metrics(task.run, {tracking.BEST_VAL_ACC: summary[tracking.BEST_VAL_ACC]})
         if model.mask_head is not None:
             log_mask_examples(
                 task.run, model, data.test, config.image_size, tracking.FINETUNE_MASKS

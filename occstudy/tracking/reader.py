@@ -1,5 +1,5 @@
-"""Read a study's runs from MLflow into typed records (the only part of the report that talks to
-MLflow, besides logging the finished report).
+"""Read a study's runs back from MLflow into typed records (for ``occstudy report`` and
+``occstudy status``), and their artifacts.
 
 One search per run kind (``study``, ``finetune``, ``pretext``) fetches every run with its
 params, tags and latest metrics; artifacts (confusion JSON, mask PNGs) are read
@@ -22,7 +22,7 @@ from pathlib import Path
 from typing import TYPE_CHECKING, Any
 from urllib.request import url2pathname
 
-from occstudy import tracking
+from occstudy.tracking import schema, store
 
 if TYPE_CHECKING:
     from mlflow.entities import Run
@@ -36,18 +36,19 @@ __all__ = [
     "StudyRuns",
     "TrialRecord",
     "collect_runs",
+    "launch_statuses",
     "select_launches",
 ]
 
 #: Numeric study parameter name -> MLflow param name (λ is ``lam`` in studies, ``lambda`` in
-#: MLflow): the names :mod:`occstudy.tracking` writes.
+#: MLflow): the names :mod:`occstudy.tracking.writer` writes.
 MLFLOW_PARAMS: dict[str, str] = {
     name: mlflow
-    for name, mlflow in tracking.PARAM_NAMES.items()
-    if name not in tracking.CATEGORICAL_PARAMS
+    for name, mlflow in schema.PARAM_NAMES.items()
+    if name not in schema.CATEGORICAL_PARAMS
 }
 #: Categorical study parameters, kept as text (MLflow param of the same name).
-CATEGORICAL_PARAMS: tuple[str, ...] = tracking.CATEGORICAL_PARAMS
+CATEGORICAL_PARAMS: tuple[str, ...] = schema.CATEGORICAL_PARAMS
 
 
 class ReportError(RuntimeError):
@@ -179,20 +180,9 @@ def _int(text: str | None) -> int | None:
     return None if value is None else int(value)
 
 
-def _per_protocol(metrics: Mapping[str, float], suffix: str) -> dict[str, float]:
-    """``test.<protocol>.<suffix>`` metrics, keyed by protocol (protocol names may hold dots)."""
-    out: dict[str, float] = {}
-    for key, value in metrics.items():
-        if key.startswith("test.") and key.endswith(f".{suffix}"):
-            protocol = key[len("test.") : -len(suffix) - 1]
-            if protocol and math.isfinite(value):
-                out[protocol] = float(value)
-    return out
-
-
 def _trial(run: Run) -> TrialRecord:
     tags, params, metrics = run.data.tags, run.data.params, run.data.metrics
-    key = tags.get(tracking.TAG_KEY, "")
+    key = tags.get(schema.TAG_KEY, "")
     dataset = tags.get("dataset") or params.get("dataset", "?").split(":", 1)[0]
     numbers = {
         study_name: value
@@ -210,16 +200,15 @@ def _trial(run: Run) -> TrialRecord:
         fold=_int(params.get("fold", tags.get("fold"))),
         label_fraction=_float(params.get("label_fraction", tags.get("label_fraction"))),
         params=numbers,
-        acc=_per_protocol(metrics, "acc"),
-        macro_f1=_per_protocol(metrics, "macro_f1"),
-        mask_iou=_per_protocol(metrics, "mask_iou"),
+        acc=schema.per_protocol(metrics, "acc"),
+        macro_f1=schema.per_protocol(metrics, "macro_f1"),
+        mask_iou=schema.per_protocol(metrics, "mask_iou"),
         metrics={k: float(v) for k, v in metrics.items()},
         start_time=int(run.info.start_time or 0),
         artifact_uri=run.info.artifact_uri or "",
-        cache_key=tags.get("cache_key") or None,
+        cache_key=tags.get(schema.TAG_CACHE_KEY) or None,
         choices={name: params[name] for name in CATEGORICAL_PARAMS if params.get(name)},
-        # The name occstudy.evaluate.OCCLUDED_AREA gives it (that module needs torch).
-        occluded_area=_per_protocol(metrics, "occluded_area"),
+        occluded_area=schema.per_protocol(metrics, schema.OCCLUDED_AREA),
     )
 
 
@@ -266,31 +255,31 @@ def collect_runs(
     Raises:
         ReportError: When the study has no runs, or for an unknown launch.
     """
-    tracking.disable_telemetry()
+    store.disable_telemetry()
     parents = tuple(
         LaunchRecord(
             run_id=r.info.run_id,
-            launch=r.data.tags.get(tracking.TAG_LAUNCH, ""),
+            launch=r.data.tags.get(schema.TAG_LAUNCH, ""),
             status=r.info.status,
             start_time=int(r.info.start_time or 0),
         )
-        for r in tracking.find_runs(tracking_uri, study_name, kind="study")
+        for r in store.find_runs(tracking_uri, study_name, kind="study")
     )
     if not parents:
         raise ReportError(
-            f"study {study_name!r} has no runs in {tracking.redact(tracking_uri)}: run it first "
+            f"study {study_name!r} has no runs in {store.redact(tracking_uri)}: run it first "
             "(or pass the --storage/--tracking-uri it was run with)"
         )
     launches = select_launches(parents, launch, known_launches)
     chosen = set(launches)
     trials = tuple(
         t
-        for t in (_trial(r) for r in tracking.find_runs(tracking_uri, study_name, kind="finetune"))
+        for t in (_trial(r) for r in store.find_runs(tracking_uri, study_name, kind="finetune"))
         if t.launch in chosen
     )
     pretext: dict[str, PretextRecord] = {}
-    for r in tracking.find_runs(tracking_uri, study_name, kind="pretext"):
-        key = r.data.tags.get("cache_key") or r.data.tags.get(tracking.TAG_KEY, "")
+    for r in store.find_runs(tracking_uri, study_name, kind="pretext"):
+        key = r.data.tags.get(schema.TAG_CACHE_KEY) or r.data.tags.get(schema.TAG_KEY, "")
         pretext[key] = PretextRecord(
             run_id=r.info.run_id,
             cache_key=key,
@@ -306,6 +295,27 @@ def collect_runs(
         trials=trials,
         pretext=pretext,
     )
+
+
+def launch_statuses(
+    tracking_uri: str, study_name: str, launch: str
+) -> tuple[dict[str, str], dict[str, str]]:
+    """MLflow status of every fine-tune trial of one launch and of every pretext job.
+
+    Returns:
+        ``(trials, pretext)``: trial name (its key without the launch) -> status, and pretext
+        key -> status.
+    """
+    trials: dict[str, str] = {}
+    for run in store.find_runs(tracking_uri, study_name, kind="finetune"):
+        key = run.data.tags.get(schema.TAG_KEY, "")
+        if key.startswith(f"{launch}/"):
+            trials[key.split("/", 1)[1]] = run.info.status
+    pretext = {
+        run.data.tags.get(schema.TAG_KEY, "?"): run.info.status
+        for run in store.find_runs(tracking_uri, study_name, kind="pretext")
+    }
+    return trials, pretext
 
 
 def _means_missing(exc: Exception) -> bool:
