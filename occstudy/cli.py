@@ -160,6 +160,17 @@ def _add_study(sub: argparse._SubParsersAction) -> None:  # type: ignore[type-ar
     p.add_argument("--num-cpus", type=int, default=None, help="CPUs of a locally started Ray")
     p.add_argument("--device", default="auto")
     p.add_argument("--quiet", action="store_true", help="no progress lines")
+    p.add_argument(
+        "--plan",
+        action="store_true",
+        help="print the jobs and an estimated wall time from this machine's measured "
+        "throughput, then exit without training",
+    )
+    p.add_argument(
+        "--recalibrate",
+        action="store_true",
+        help="with --plan: measure the throughput again instead of using the cached one",
+    )
 
     s = sub.add_parser("status", help="what a study has run, what failed, what remains")
     s.add_argument("study", help="study file or study name")
@@ -233,6 +244,27 @@ def _load_study(arg: str, data_root: str | None, storage: str | None = None) -> 
     return Study.from_dict(json.loads(saved.read_text()))
 
 
+def _print_plan(study: Any, args: argparse.Namespace) -> int:
+    from occstudy.data import DataError
+    from occstudy.study.plan import plan_study
+
+    if args.smoke:
+        study = study.smoke()
+    try:
+        plan = plan_study(
+            study,
+            storage=args.storage,
+            num_cpus=args.num_cpus,
+            no_cache=args.no_cache,
+            recalibrate=args.recalibrate,
+        )
+    except DataError as exc:
+        print(f"occstudy run --plan: {exc}", file=sys.stderr)
+        return 2
+    print(plan.format())
+    return 0
+
+
 def cmd_run(args: argparse.Namespace) -> int:
     from occstudy.study import RunOptions, StudyError, run_study
     from occstudy.tracking import TrackingError, redact
@@ -242,6 +274,8 @@ def cmd_run(args: argparse.Namespace) -> int:
     except StudyError as exc:
         print(f"occstudy run: {exc}", file=sys.stderr)
         return 2
+    if args.plan or args.recalibrate:
+        return _print_plan(study, args)
     options = RunOptions(
         storage=args.storage,
         address=args.address,

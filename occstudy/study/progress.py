@@ -5,7 +5,7 @@ from __future__ import annotations
 import math
 import sys
 import time
-from collections.abc import Callable
+from collections.abc import Callable, Mapping
 from typing import Any
 
 from ray.tune import Callback
@@ -24,6 +24,9 @@ class Progress(Callback):  # type: ignore[misc]
         mode: ``max`` or ``min``.
         enabled: Print the lines (False: count only).
         finalize: Called with (trial, MLflow status) when a trial completes or fails.
+        estimates: Estimated seconds per trial name (:meth:`occstudy.study.plan.StudyPlan.
+            estimates`); with them each line ends with an ETA of the stage.
+        concurrent: Trials that run at once (for the ETA).
     """
 
     def __init__(
@@ -34,6 +37,8 @@ class Progress(Callback):  # type: ignore[misc]
         mode: str,
         enabled: bool,
         finalize: Callable[[Any, str], None] | None = None,
+        estimates: Mapping[str, float] | None = None,
+        concurrent: int = 1,
     ) -> None:
         self.stage, self.total, self.metric, self.mode = stage, total, metric, mode
         self.enabled = enabled
@@ -42,6 +47,10 @@ class Progress(Callback):  # type: ignore[misc]
         self.best: tuple[float, str] | None = None
         self.start = time.perf_counter()
         self._seeded = False
+        self.estimates = dict(estimates or {})
+        self.concurrent = max(1, concurrent)
+        self.ended: set[str] = set()  # trials that ended before (restored) or during this run
+        self.ended_now: set[str] = set()  # trials that ended during this run
 
     def setup(
         self,
@@ -56,11 +65,31 @@ class Progress(Callback):  # type: ignore[misc]
         self.start = time.perf_counter()
         self.done = self.failed = self.running = 0
         self._seeded = False
+        self.ended, self.ended_now = set(), set()
 
     def on_step_begin(self, iteration: int, trials: list[Any], **info: Any) -> None:
         if not self._seeded:
             self._seeded = True
             self.done = sum(t.status == "TERMINATED" for t in trials)
+            self.ended = {str(t) for t in trials if t.status == "TERMINATED"}
+
+    def eta(self) -> float | None:
+        """Seconds until the stage ends: the estimates of the trials not ended yet, run
+        ``concurrent`` at a time, scaled by how this run's ended trials compared with theirs
+        (None without estimates)."""
+        if not self.estimates:
+            return None
+        left = sum(v for k, v in self.estimates.items() if k not in self.ended)
+        scale = 1.0
+        spent = sum(self.estimates.get(k, 0.0) for k in self.ended_now)
+        if spent > 0:
+            elapsed = time.perf_counter() - self.start
+            scale = elapsed / (spent / self.concurrent)
+        return left / self.concurrent * scale
+
+    def _ended(self, trial: Any) -> None:
+        self.ended.add(str(trial))
+        self.ended_now.add(str(trial))
 
     def _line(self, what: str) -> None:
         if not self.enabled:
@@ -68,6 +97,9 @@ class Progress(Callback):  # type: ignore[misc]
         best = ""
         if self.best is not None:
             best = f" | best {self.metric} {self.best[0]:.4f} ({self.best[1]})"
+        eta = self.eta()
+        if eta is not None and self.done + self.failed < self.total:
+            best += f" | eta {eta / 60:.1f} min"
         elapsed = time.perf_counter() - self.start
         print(
             f"[{self.stage} {elapsed:6.0f}s] {what}: done {self.done}/{self.total}, "
@@ -99,6 +131,7 @@ class Progress(Callback):  # type: ignore[misc]
     def on_trial_complete(self, iteration: int, trials: list[Any], trial: Any, **info: Any) -> None:
         self.running = max(0, self.running - 1)
         self.done += 1
+        self._ended(trial)
         if self.finalize is not None:
             self.finalize(trial, "FINISHED")
         self._line(f"finished {trial}")
@@ -106,6 +139,7 @@ class Progress(Callback):  # type: ignore[misc]
     def on_trial_error(self, iteration: int, trials: list[Any], trial: Any, **info: Any) -> None:
         self.running = max(0, self.running - 1)
         self.failed += 1
+        self._ended(trial)
         if self.finalize is not None:
             self.finalize(trial, "FAILED")
         self._line(f"FAILED {trial}")

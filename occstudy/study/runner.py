@@ -33,9 +33,8 @@ from ray.tune.search import ConcurrencyLimiter
 from ray.tune.search.optuna import OptunaSearch
 
 from occstudy import tracking
-from occstudy.pipeline import load_pretext_data
 from occstudy.report import ablation_markdown
-from occstudy.study.cache import PretextCache, pretext_cache_key
+from occstudy.study.cache import PretextCache
 from occstudy.study.environment import (
     configure_environment,
     ray_session,
@@ -43,6 +42,7 @@ from occstudy.study.environment import (
     trial_resources,
 )
 from occstudy.study.layout import StudyLayout
+from occstudy.study.plan import StudyPlan, plan_pretext, plan_study
 from occstudy.study.progress import Progress
 from occstudy.study.space import LogUniform
 from occstudy.study.spec import Study
@@ -50,7 +50,6 @@ from occstudy.study.trainables import (
     StudyContext,
     finetune_trainable,
     flat_point,
-    pretext_data_id,
     pretext_trainable,
 )
 from occstudy.study.worker import PretextTask
@@ -123,40 +122,6 @@ class StudyOutcome:
     @property
     def failed(self) -> list[TrialRow]:
         return [r for r in self.rows if r.error is not None]
-
-
-def plan_pretext(
-    study: Study, cache_root: Path, fingerprints: dict[str, str] | None = None
-) -> dict[str, PretextTask]:
-    """The distinct pretext jobs the grid needs (sampled λ/τ are computed inside trials).
-
-    Args:
-        study: The study.
-        cache_root: The pretext cache folder.
-        fingerprints: Filled with the unlabelled-data fingerprints it computes, by
-            :func:`pretext_data_id` (also for points whose pretext a trial computes).
-    """
-    tasks: dict[str, PretextTask] = {}
-    sampled = study.sampled_params()
-    fingerprints = {} if fingerprints is None else fingerprints
-    for point in study.grid_points():
-        filled = dict(point)
-        for name, dist in sampled.items():
-            filled[name] = dist.bounds()[0]
-        mc = study.method_config(filled)
-        if not mc.runs_pretext:
-            continue
-        # The data fingerprint depends on the data settings only: load each set once.
-        data_id = pretext_data_id(mc)
-        if data_id not in fingerprints:
-            data = load_pretext_data(mc)
-            assert data is not None  # a run with a pretext stage has data
-            fingerprints[data_id] = data.fingerprint()
-        if any(p in sampled for p in mc.method_variant.pretext_params):
-            continue
-        key = pretext_cache_key(mc, fingerprints[data_id])
-        tasks.setdefault(key, PretextTask(mc, key, str(cache_root)))
-    return tasks
 
 
 def _raise_if_interrupted(results: Any, stage: str) -> None:
@@ -233,8 +198,9 @@ def run_study(study: Study, options: RunOptions | None = None) -> StudyOutcome:
             options.address, options.num_cpus, needs_dashboard=study.resources.use_ray_train
         ):
             ctx = replace(ctx, study=resolve_resources(study))
-            _stage1(ctx, options, outcome, tasks)
-            _stage2(ctx, options, outcome)
+            plan = _launch_plan(ctx, options)
+            _stage1(ctx, options, outcome, tasks, plan)
+            _stage2(ctx, options, outcome, plan)
     except KeyboardInterrupt:
         _close_running_runs(ctx)
         tracker.finish(ctx.parent, "KILLED")
@@ -300,8 +266,31 @@ def _close_launch(ctx: StudyContext, outcome: StudyOutcome) -> None:
 # ---------------------------------------------------------------------------------------------
 
 
+def _launch_plan(ctx: StudyContext, options: RunOptions) -> StudyPlan | None:
+    """The cost model of this launch, for the live ETA; None where it has no measured
+    throughput for the study on this machine (a launch never spends time measuring: ``occstudy
+    run --plan`` does), on a cluster (its nodes are not this machine) and without progress."""
+    if not options.progress or options.address is not None:
+        return None
+    try:
+        return plan_study(
+            ctx.study,
+            storage=options.storage,
+            num_cpus=options.num_cpus,
+            no_cache=options.no_cache,
+            measure=False,
+            fingerprints=dict(ctx.fingerprints),
+        )
+    except LookupError:
+        return None
+
+
 def _stage1(
-    ctx: StudyContext, options: RunOptions, outcome: StudyOutcome, tasks: Mapping[str, PretextTask]
+    ctx: StudyContext,
+    options: RunOptions,
+    outcome: StudyOutcome,
+    tasks: Mapping[str, PretextTask],
+    plan: StudyPlan | None = None,
 ) -> None:
     cache = PretextCache(ctx.cache_root)
     if options.no_cache and not options.resume:
@@ -341,7 +330,15 @@ def _stage1(
                 storage_path=str(path.parent),
                 failure_config=tune.FailureConfig(max_failures=2),
                 callbacks=[
-                    Progress("pretext", len(keys), None, "max", options.progress),
+                    Progress(
+                        "pretext",
+                        len(keys),
+                        None,
+                        "max",
+                        options.progress,
+                        estimates=plan.estimates("pretext") if plan else None,
+                        concurrent=plan.concurrent if plan else 1,
+                    ),
                     *_result_loggers(),
                 ],
                 verbose=0,
@@ -400,15 +397,23 @@ def _finetune_runs(ctx: StudyContext) -> list[_TuneRun]:
     return runs
 
 
-def _stage2(ctx: StudyContext, options: RunOptions, outcome: StudyOutcome) -> None:
+def _stage2(
+    ctx: StudyContext, options: RunOptions, outcome: StudyOutcome, plan: StudyPlan | None = None
+) -> None:
     trainable = tune.with_resources(
         tune.with_parameters(finetune_trainable, ctx=ctx), trial_resources(ctx.study)
     )
-    for run in _finetune_runs(ctx):
+    runs = _finetune_runs(ctx)
+    # The ETA covers one Tune run; a searched study's runs (one per grid point) go without.
+    estimates = plan.estimates("finetune") if plan is not None and len(runs) == 1 else None
+    concurrent = plan.concurrent if plan is not None else 1
+    for run in runs:
         path = Path(ctx.study_dir) / "tune" / run.name
 
         def make(run: _TuneRun = run, path: Path = path) -> tune.Tuner:
-            return _finetune_tuner(ctx, options, trainable, run, path)
+            return _finetune_tuner(
+                ctx, options, trainable, run, path, estimates=estimates, concurrent=concurrent
+            )
 
         results = _fit(make, trainable, path, options.resume, run.param_space)
         _raise_if_interrupted(results, "fine-tune")
@@ -416,7 +421,14 @@ def _stage2(ctx: StudyContext, options: RunOptions, outcome: StudyOutcome) -> No
 
 
 def _finetune_tuner(
-    ctx: StudyContext, options: RunOptions, trainable: Any, run: _TuneRun, path: Path
+    ctx: StudyContext,
+    options: RunOptions,
+    trainable: Any,
+    run: _TuneRun,
+    path: Path,
+    *,
+    estimates: Mapping[str, float] | None = None,
+    concurrent: int = 1,
 ) -> tune.Tuner:
     study, search = ctx.study, ctx.study.search
     scheduler = None
@@ -452,7 +464,15 @@ def _finetune_tuner(
             checkpoint_config=tune.CheckpointConfig(num_to_keep=1),
             callbacks=[
                 *_result_loggers(),
-                Progress("finetune", run.trials, search.metric, search.mode, options.progress),
+                Progress(
+                    "finetune",
+                    run.trials,
+                    search.metric,
+                    search.mode,
+                    options.progress,
+                    estimates=estimates,
+                    concurrent=concurrent,
+                ),
             ],
             verbose=0,
         ),
