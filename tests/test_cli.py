@@ -84,3 +84,33 @@ def test_status_of_a_study_never_run(tmp_path, capsys) -> None:
     assert main(["status", str(study), "--storage", str(tmp_path)]) == 0
     assert "not run yet (8 trials planned)" in capsys.readouterr().out
     assert main(["status", "nosuchstudy", "--storage", str(tmp_path)]) == 2
+
+
+def test_status_reads_mlflow_without_torch_or_ray_train(tmp_path) -> None:
+    """`occstudy status` on a study with runs answers from MLflow alone: a fresh interpreter
+    that runs it has loaded neither torch, torchvision nor Ray Train or Tune."""
+    from occstudy.study.layout import StudyLayout
+    from occstudy.tracking import StudyTracker
+
+    study = tmp_path / "q.py"
+    study.write_text("from occstudy.study import Study\nstudy = Study(name='q', seeds=(0,))\n")
+    layout = StudyLayout.of("q", str(tmp_path))
+    launch = layout.start_launch(resume=False)
+    tracker = StudyTracker(layout.tracking_uri(None), "q")
+    parent = tracker.parent_run(launch, {"name": "q"}, resume=False)
+    key = f"{launch}/none_s0"
+    run = tracker.child_run(parent, kind="finetune", key=key, name="none_s0", tags={}, params={})
+    tracker.finish(run, "FINISHED")
+    code = (
+        "import sys\n"
+        "from occstudy.cli import main\n"
+        f"rc = main(['status', {str(study)!r}, '--storage', {str(tmp_path)!r}])\n"
+        "heavy = ('torch', 'torchvision', 'ray.train', 'ray.tune')\n"
+        "print('heavy:', *[m for m in heavy if m in sys.modules], 'rc', rc)\n"
+    )
+    proc = subprocess.run(
+        [sys.executable, "-c", code], capture_output=True, text=True, timeout=300, check=False
+    )
+    assert proc.returncode == 0, proc.stderr[-2000:]
+    assert "fine-tune trials: 1 finished" in proc.stdout
+    assert proc.stdout.strip().endswith("heavy: rc 0"), proc.stdout
