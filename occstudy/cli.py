@@ -365,9 +365,76 @@ def cmd_report(args: argparse.Namespace) -> int:
     return 0
 
 
+def _port_problem(host: str, port: int) -> str | None:
+    """Why ``host:port`` cannot be listened on (in use, not an address here), or None."""
+    import socket
+
+    try:
+        infos = socket.getaddrinfo(host, port, type=socket.SOCK_STREAM)
+    except socket.gaierror as exc:
+        return f"cannot listen on {host}: {exc}"
+    family, _, _, _, address = infos[0]
+    with socket.socket(family, socket.SOCK_STREAM) as sock:
+        try:
+            sock.bind(address)
+        except OSError as exc:
+            return f"port {port} on {host} is not free ({exc.strerror}); pass another --port"
+    return None
+
+
+def _stop_group(proc: Any, grace_s: float = 10.0) -> None:
+    """SIGTERM the process group led by ``proc`` (a ``subprocess.Popen`` started in a new
+    session), then SIGKILL what is left of it after ``grace_s``."""
+    import os
+    import signal
+    import time
+
+    try:
+        os.killpg(proc.pid, signal.SIGTERM)
+        deadline = time.monotonic() + grace_s
+        while time.monotonic() < deadline:
+            proc.poll()  # reap the leader: a zombie would keep the group alive
+            os.killpg(proc.pid, 0)  # raises once the group is empty
+            time.sleep(0.1)
+        os.killpg(proc.pid, signal.SIGKILL)
+    except ProcessLookupError:
+        pass
+    proc.poll()
+
+
+def _serve_until_signal(cmd: list[str], env: dict[str, str]) -> int:
+    """Run ``cmd`` in its own process group until it exits or this process gets SIGINT,
+    SIGTERM or SIGHUP; then stop the whole group (the server and any worker it started), so
+    that nothing is left holding the port. Returns the server's exit code, or 128 + signal."""
+    import signal
+    import subprocess
+
+    proc = subprocess.Popen(cmd, env=env, start_new_session=True)
+    received: list[int] = []
+
+    def stop(signum: int, _frame: Any) -> None:
+        received.append(signum)
+
+    handled = (signal.SIGINT, signal.SIGTERM, signal.SIGHUP)
+    previous = {sig: signal.signal(sig, stop) for sig in handled}
+    code = 0
+    try:
+        while not received:
+            try:
+                code = proc.wait(timeout=0.2)
+                break
+            except subprocess.TimeoutExpired:
+                continue
+    finally:
+        for sig, handler in previous.items():
+            signal.signal(sig, handler)
+        # Whatever the server left in its group (workers) goes with it.
+        _stop_group(proc)
+    return 128 + received[0] if received else code
+
+
 def cmd_ui(args: argparse.Namespace) -> int:
     import os
-    import subprocess
 
     from occstudy.study import StudyError
     from occstudy.study.layout import StudyLayout
@@ -389,6 +456,10 @@ def cmd_ui(args: argparse.Namespace) -> int:
             file=sys.stderr,
         )
         return 2
+    problem = _port_problem(args.host, args.port)
+    if problem is not None:
+        print(f"occstudy ui: {problem}", file=sys.stderr)
+        return 2
     disable_telemetry()
     print(
         f"MLflow UI for {study.name} on http://{args.host}:{args.port} (Ctrl-C to stop)", flush=True
@@ -407,7 +478,10 @@ def cmd_ui(args: argparse.Namespace) -> int:
         "--workers",
         "1",
     ]
-    return subprocess.call(cmd, env=os.environ.copy())
+    # The UI only: no job executor (its worker processes cost memory and nothing here uses
+    # them).
+    env = {**os.environ, "MLFLOW_SERVER_ENABLE_JOB_EXECUTION": "false"}
+    return _serve_until_signal(cmd, env)
 
 
 def cmd_predict(args: argparse.Namespace) -> int:

@@ -3,6 +3,8 @@ import os
 import subprocess
 import sys
 
+import pytest
+
 from occstudy.cli import main
 
 
@@ -114,3 +116,75 @@ def test_status_reads_mlflow_without_torch_or_ray_train(tmp_path) -> None:
     assert proc.returncode == 0, proc.stderr[-2000:]
     assert "fine-tune trials: 1 finished" in proc.stdout
     assert proc.stdout.strip().endswith("heavy: rc 0"), proc.stdout
+
+
+def _store_with_a_run(tmp_path) -> str:
+    """A study file and an MLflow store holding one launch of it; returns the study file."""
+    from occstudy.study.layout import StudyLayout
+    from occstudy.tracking import StudyTracker
+
+    study = tmp_path / "u.py"
+    study.write_text("from occstudy.study import Study\nstudy = Study(name='u', seeds=(0,))\n")
+    layout = StudyLayout.of("u", str(tmp_path))
+    launch = layout.start_launch(resume=False)
+    tracker = StudyTracker(layout.tracking_uri(None), "u")
+    tracker.finish(tracker.parent_run(launch, {"name": "u"}, resume=False), "FINISHED")
+    return str(study)
+
+
+def test_ui_refuses_a_busy_port(tmp_path, capsys) -> None:
+    import socket
+
+    study = _store_with_a_run(tmp_path)
+    with socket.socket() as busy:
+        busy.bind(("127.0.0.1", 0))
+        busy.listen()
+        port = busy.getsockname()[1]
+        rc = main(["ui", study, "--storage", str(tmp_path), "--port", str(port)])
+    assert rc == 2
+    assert f"port {port} on 127.0.0.1 is not free" in capsys.readouterr().err
+
+
+def test_ui_stops_its_server_on_sigterm(tmp_path) -> None:
+    """SIGTERM to `occstudy ui` stops the MLflow server it started and everything in its
+    process group: afterwards the port is free and no process of the group is left."""
+    import signal
+    import socket
+    import time
+    import urllib.request
+
+    study = _store_with_a_run(tmp_path)
+    with socket.socket() as s:
+        s.bind(("127.0.0.1", 0))
+        port = s.getsockname()[1]
+    cmd = [sys.executable, "-m", "occstudy.cli", "ui", study, "--storage", str(tmp_path)]
+    proc = subprocess.Popen([*cmd, "--port", str(port)], stdout=subprocess.PIPE, text=True)
+    try:
+        deadline = time.monotonic() + 120
+        while True:
+            try:
+                with urllib.request.urlopen(f"http://127.0.0.1:{port}/health", timeout=2) as r:
+                    assert r.status == 200
+                break
+            except OSError:
+                assert proc.poll() is None, "occstudy ui ended before its server answered"
+                assert time.monotonic() < deadline, "the MLflow server did not start"
+                time.sleep(0.5)
+        servers = subprocess.run(
+            ["pgrep", "-f", f"mlflow server .*--port {port}"],
+            capture_output=True,
+            text=True,
+            check=False,
+        ).stdout.split()
+        assert servers, "no server process found"
+        group = os.getpgid(int(servers[0]))
+        assert group != os.getpgid(proc.pid)  # its own group, stopped as a whole
+        proc.send_signal(signal.SIGTERM)
+        assert proc.wait(timeout=60) == 128 + signal.SIGTERM
+    finally:
+        if proc.poll() is None:
+            proc.kill()
+    with pytest.raises(ProcessLookupError):
+        os.killpg(group, 0)  # no process of the server's group is left
+    with socket.socket() as s:
+        s.bind(("127.0.0.1", port))  # free again
