@@ -57,6 +57,11 @@ def test_tiny_study_in_process_then_ray_train_then_cache_reuse(tmp_path) -> None
     trials = tracking.find_runs(uri, "tiny", kind="finetune")
     pretext = tracking.find_runs(uri, "tiny", kind="pretext")
     assert len(parents) == 1 and len(trials) == 2 and len(pretext) == 1
+    # What the MLflow UI shows: the launch run's description is its ablation table, and the
+    # experiment opens as model training (not MLflow 3's GenAI view).
+    assert parents[0].data.tags[tracking.TAG_NOTE] == table
+    experiment = tracking.store._client(uri).get_experiment(parents[0].info.experiment_id)
+    assert experiment.tags[tracking.TAG_EXPERIMENT_KIND] == "custom_model_development"
     for run in trials + pretext:
         assert run.data.tags["mlflow.parentRunId"] == parents[0].info.run_id
         assert run.info.status == "FINISHED"

@@ -30,6 +30,7 @@ from occstudy.tracking import (
     log_params,
     log_results,
     redact,
+    set_description,
     set_tags,
 )
 
@@ -277,3 +278,21 @@ def test_real_server(tmp_path: Path) -> None:
         # The server stored it under --artifacts-destination.
         assert list((tmp_path / "served").rglob("clean.png"))
         print(f"logged and read back through the server in {time.monotonic() - t1:.1f} s")
+
+
+def test_descriptions_for_the_ui(store: tuple[str, Path], tracker: StudyTracker) -> None:
+    tracker.describe_experiment("four variants, one seed")
+    tags = _client(store[0]).get_experiment(tracker.experiment_id).tags
+    assert tags["mlflow.experimentKind"] == "custom_model_development"
+    assert tags["mlflow.note.content"] == "four variants, one seed"
+    run = _trial(tracker, tracker.parent_run("L-desc", {"name": "unit"}, resume=False), "d", 0)
+    set_description(run, "| a | b |\n|---|---|\n| 1 | 2 |")
+    assert _client(store[0]).get_run(run.run_id).data.tags["mlflow.note.content"].endswith("| 2 |")
+    # Past MLflow's 8,000-character limit on a tag: cut at a line break, and said so.
+    long = "\n".join(f"| row {i} | {'x' * 60} |" for i in range(200))
+    set_description(run, long, more="see ablation.json")
+    note = _client(store[0]).get_run(run.run_id).data.tags["mlflow.note.content"]
+    assert len(note) <= 8000
+    kept, _, tail = note.rpartition("\n\n")
+    assert long.startswith(kept) and kept.endswith("|")
+    assert "8,000-character limit; see ablation.json" in tail

@@ -229,6 +229,7 @@ def _open_launch(study: Study, options: RunOptions) -> tuple[StudyContext, dict[
     layout.study_file.write_text(json.dumps(study.to_dict(), indent=2))
     launch = layout.start_launch(options.resume)
     tracker = tracking.StudyTracker(uri, study.name, layout.artifact_root(uri))
+    tracker.describe_experiment(study.description)
     parent = tracker.parent_run(launch, study.to_dict(), resume=options.resume)
     fingerprints: dict[str, str] = {}
     tasks = plan_pretext(study, layout.cache_dir, fingerprints)
@@ -254,6 +255,12 @@ def _close_launch(ctx: StudyContext, outcome: StudyOutcome) -> None:
     (study_dir / "trials.json").write_text(json.dumps(rows, indent=2, default=str))
     tracking.log_json(ctx.parent, rows, tracking.TRIALS_ARTIFACT)
     tracking.log_json(ctx.parent, {"table": outcome.table}, tracking.ABLATION_ARTIFACT)
+    # The launch run's description in the MLflow UI (Markdown): its ablation table.
+    tracking.set_description(
+        ctx.parent,
+        outcome.table,
+        more=f"the whole table: artifact {tracking.ABLATION_ARTIFACT} or `occstudy report`",
+    )
     tracking.log_metrics(
         ctx.parent,
         {"study_seconds": outcome.seconds, "failed_trials": float(len(outcome.failed))},

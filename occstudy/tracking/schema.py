@@ -31,6 +31,12 @@ TAG_LAUNCH = "occstudy.launch"
 TAG_STUDY = "occstudy.study"
 TAG_PARENT = "mlflow.parentRunId"
 TAG_RUN_NAME = "mlflow.runName"
+#: The description MLflow's UI shows (and renders as Markdown) for an experiment or a run.
+TAG_NOTE = "mlflow.note.content"
+#: Experiment tag the MLflow UI reads to choose its view; ``custom_model_development`` opens
+#: the runs table of classic training instead of the GenAI traces overview.
+TAG_EXPERIMENT_KIND = "mlflow.experimentKind"
+EXPERIMENT_KIND = "custom_model_development"
 
 CHILD_KINDS: tuple[str, ...] = ("pretext", "finetune")
 

@@ -21,10 +21,13 @@ from typing import TYPE_CHECKING, Any
 
 from occstudy.tracking.schema import (
     CHILD_KINDS,
+    EXPERIMENT_KIND,
     RUN_STATUSES,
+    TAG_EXPERIMENT_KIND,
     TAG_KEY,
     TAG_KIND,
     TAG_LAUNCH,
+    TAG_NOTE,
     TAG_PARENT,
     TAG_ROLE,
     TAG_RUN_NAME,
@@ -165,6 +168,14 @@ class StudyTracker:
             log.warning("Restoring the deleted MLflow experiment %r.", name)
             client.restore_experiment(exp.experiment_id)
         return exp.experiment_id
+
+    def describe_experiment(self, description: str) -> None:
+        """Mark the study's experiment as model training for the MLflow UI (which otherwise
+        opens MLflow 3's GenAI traces view) and show ``description`` as its description."""
+        client = self._client
+        client.set_experiment_tag(self.experiment_id, TAG_EXPERIMENT_KIND, EXPERIMENT_KIND)
+        if description:
+            client.set_experiment_tag(self.experiment_id, TAG_NOTE, description)
 
     def _ref(self, run_id: str) -> RunRef:
         return RunRef(run_id, self.experiment_id, self.tracking_uri)
@@ -384,6 +395,24 @@ def set_tags(run: RunRef, tags: Mapping[str, str]) -> None:
     if tags:
         batch = [RunTag(str(k), str(v)) for k, v in tags.items()]
         _client(run.tracking_uri).log_batch(run.run_id, tags=batch)
+
+
+#: MLflow's limit on a run tag's value, hence on a run description.
+_MAX_NOTE = 8000
+
+
+def set_description(run: RunRef, markdown: str, *, more: str = "") -> None:
+    """Show ``markdown`` as the run's description in the MLflow UI (rendered as Markdown).
+
+    MLflow caps a run tag at 8,000 characters: a longer text is cut at a line break and ends
+    with a line saying so, and ``more`` (where the whole text is).
+    """
+    text = markdown
+    if len(text) > _MAX_NOTE:
+        tail = f"\n\n_(cut at MLflow's {_MAX_NOTE:,}-character limit{'; ' + more if more else ''})_"
+        head = text[: _MAX_NOTE - len(tail)]
+        text = head[: head.rfind("\n")] + tail if "\n" in head else head + tail
+    set_tags(run, {TAG_NOTE: text})
 
 
 def log_json(run: RunRef, obj: Any, artifact_file: str) -> None:
