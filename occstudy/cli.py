@@ -375,6 +375,9 @@ def _port_problem(host: str, port: int) -> str | None:
         return f"cannot listen on {host}: {exc}"
     family, _, _, _, address = infos[0]
     with socket.socket(family, socket.SOCK_STREAM) as sock:
+        # As the server will: a port left in TIME_WAIT by a previous server is free to use,
+        # one that something listens on is not.
+        sock.setsockopt(socket.SOL_SOCKET, socket.SO_REUSEADDR, 1)
         try:
             sock.bind(address)
         except OSError as exc:

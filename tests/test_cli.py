@@ -187,4 +187,12 @@ def test_ui_stops_its_server_on_sigterm(tmp_path) -> None:
     with pytest.raises(ProcessLookupError):
         os.killpg(group, 0)  # no process of the server's group is left
     with socket.socket() as s:
-        s.bind(("127.0.0.1", port))  # free again
+        # Free again: nothing listens on it (a closed server's connections may still be in
+        # TIME_WAIT, which servers, occstudy ui included, bind over with SO_REUSEADDR).
+        s.setsockopt(socket.SOL_SOCKET, socket.SO_REUSEADDR, 1)
+        s.bind(("127.0.0.1", port))
+        s.listen()
+    # And occstudy ui would take the port again at once.
+    from occstudy.cli import _port_problem
+
+    assert _port_problem("127.0.0.1", port) is None
