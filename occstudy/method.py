@@ -470,7 +470,7 @@ class MethodConfig:
         schedule: ``constant`` or ``cosine`` with linear warm-up, per step (recipe field).
         warmup_epochs: Warm-up of ``cosine`` in epochs (recipe field).
         label_smoothing: Label smoothing of the fine-tune cross-entropy (recipe field).
-        augment: ``crop-flip`` or ``none`` (recipe field).
+        augment: ``crop-flip``, ``affine-flip`` or ``none`` (recipe field).
         tta_flip: Validate and test on each face and its mirror image (recipe field).
         tau: Temperature τ of L_SS (the paper: 2).
         lam: Weight λ of L_mask (the paper: 0.2).

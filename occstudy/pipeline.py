@@ -444,7 +444,7 @@ def run_pretext(
             max_steps=config.max_steps,
             lr_schedule=schedule,
             first_step=epoch * per_rank,
-            augment=config.augment == "crop-flip",
+            augment=config.augment,
         )
         history.append(metrics)
         if checkpoint is not None and runtime.is_main:
@@ -621,7 +621,7 @@ def run_finetune(
             max_steps=config.max_steps,
             lr_schedule=schedule,
             first_step=epoch * per_rank,
-            augment=config.augment == "crop-flip",
+            augment=config.augment,
             label_smoothing=config.label_smoothing,
         )
         val_res = evaluate(

@@ -33,8 +33,9 @@ STEMS: tuple[str, ...] = ("imagenet", "small", "stride2")
 OPTIMIZERS: tuple[str, ...] = ("adam", "adamw")
 #: ``constant``: the base rate throughout; ``cosine``: linear warm-up, then cosine decay to 0.
 SCHEDULES: tuple[str, ...] = ("constant", "cosine")
-#: ``crop-flip``: reflect-pad random crop + horizontal flip; ``none``: no augmentation.
-AUGMENTS: tuple[str, ...] = ("crop-flip", "none")
+#: ``crop-flip``: reflect-pad random crop + horizontal flip; ``affine-flip``: random rotation
+#: (±15°), zoom (0.9-1.1), shift (±10 %) and horizontal flip; ``none``: no augmentation.
+AUGMENTS: tuple[str, ...] = ("crop-flip", "affine-flip", "none")
 
 
 @dataclass(frozen=True)

@@ -26,11 +26,12 @@ import torch
 import torch.nn.functional as F
 from torch import Tensor, nn
 
-from occstudy.data import normalize, random_crop_flip, resize, to_float
+from occstudy.data import normalize, random_affine_flip, random_crop_flip, resize, to_float
 from occstudy.losses import pretext_loss
 from occstudy.method import PRETEXT_VARIANTS, get_variant
 from occstudy.models import ModelConfig, ResNetExtractor
 from occstudy.occlusion import Occluder
+from occstudy.recipes import AUGMENTS
 
 #: ``callback(step, metrics)`` is called every ``log_every`` steps with running means.
 StepCallback = Callable[[int, Mapping[str, float]], None]
@@ -112,14 +113,19 @@ def prepare_images(
     image_size: int,
     runtime: Runtime,
     generator: torch.Generator | None,
-    augment: bool = True,
+    augment: str = "crop-flip",
 ) -> Tensor:
-    """uint8 (B, C, h, w) → float [0, 1] (B, C, image_size, image_size) on the device;
-    random crop + flip when a generator is given (training) and ``augment`` is on."""
+    """uint8 (B, C, h, w) → float [0, 1] (B, C, image_size, image_size) on the device,
+    augmented when a generator is given (training): ``augment`` is ``crop-flip``,
+    ``affine-flip`` or ``none`` (:data:`occstudy.recipes.AUGMENTS`)."""
+    if augment not in AUGMENTS:
+        raise ValueError(f"augment={augment!r}: must be one of {AUGMENTS}")
     x = to_float(images.to(runtime.device, non_blocking=True))
     x = resize(x, image_size)
-    if generator is not None and augment:
+    if generator is not None and augment == "crop-flip":
         x = random_crop_flip(x, generator)
+    elif generator is not None and augment == "affine-flip":
+        x = random_affine_flip(x, generator)
     return x
 
 
@@ -167,7 +173,7 @@ def pretext_one_epoch(
     max_steps: int | None = None,
     lr_schedule: LRSchedule | None = None,
     first_step: int = 0,
-    augment: bool = True,
+    augment: str = "crop-flip",
     gather_distributed: bool = False,
 ) -> dict[str, float]:
     """Train F, R and U_o for one epoch on unlabelled faces with L_pre.
@@ -192,7 +198,7 @@ def pretext_one_epoch(
         max_steps: Stop after this many steps (smoke runs and benchmarks).
         lr_schedule: Learning rate per global step (None: leave the optimiser's rate).
         first_step: Global step of this epoch's first step (for ``lr_schedule``).
-        augment: Random crop + flip before occlusion.
+        augment: Augmentation before occlusion (see :func:`prepare_images`).
         gather_distributed: Under DDP (world size > 1), L_SS takes the other workers'
             embeddings as extra negatives, so each worker's loss is the global batch's
             restricted to its own anchors (see :func:`occstudy.losses.similarity_loss`).
@@ -266,7 +272,7 @@ def finetune_one_epoch(
     max_steps: int | None = None,
     lr_schedule: LRSchedule | None = None,
     first_step: int = 0,
-    augment: bool = True,
+    augment: str = "crop-flip",
     label_smoothing: float = 0.0,
 ) -> dict[str, float]:
     """Fine-tune F and C for one epoch with cross-entropy on clean ∪ occluded faces.
@@ -290,7 +296,7 @@ def finetune_one_epoch(
         max_steps: Stop after this many steps.
         lr_schedule: Learning rate per global step (None: leave the optimiser's rate).
         first_step: Global step of this epoch's first step (for ``lr_schedule``).
-        augment: Random crop + flip before occlusion.
+        augment: Augmentation before occlusion (see :func:`prepare_images`).
         label_smoothing: Label smoothing of the cross-entropy.
 
     Returns:

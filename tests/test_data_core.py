@@ -12,6 +12,7 @@ from occstudy.data import (
     iterate_batches,
     normalize,
     num_batches,
+    random_affine_flip,
     random_crop_flip,
     resize,
     to_float,
@@ -118,3 +119,83 @@ def test_transforms_shapes_and_determinism() -> None:
     assert torch.allclose(n, f * 2 - 1)
     with pytest.raises(DataError):
         normalize(x)
+
+
+def _affine_reference(img: torch.Tensor, theta: float, zoom: float, shift, mirror: float):
+    # Slow and obvious: for every output pixel centre, map to input coordinates by the equation
+    # p_in = M(mirror) R(-theta) p_out / zoom + t in [-1, 1] coordinates, reflect at the border,
+    # and interpolate bilinearly.
+    import math
+
+    c, h, w = img.shape
+    out = torch.empty_like(img)
+
+    def reflect(v: float, n: int) -> float:
+        # grid_sample's reflection (align_corners=False) reflects about the outer pixel edges.
+        lo, hi = -0.5, n - 0.5
+        span = hi - lo
+        v = abs(v - lo) % (2 * span)
+        return lo + (v if v <= span else 2 * span - v)
+
+    for i in range(h):
+        for j in range(w):
+            xo, yo = (2 * j + 1) / w - 1, (2 * i + 1) / h - 1
+            ct, st = math.cos(theta) / zoom, math.sin(theta) / zoom
+            xi = ct * mirror * xo - st * yo + shift[0]
+            yi = st * mirror * xo + ct * yo + shift[1]
+            px = reflect(((xi + 1) * w - 1) / 2, w)
+            py = reflect(((yi + 1) * h - 1) / 2, h)
+            x0, y0 = math.floor(px), math.floor(py)
+            ax, ay = px - x0, py - y0
+            val = torch.zeros(c)
+            for dy, wy in ((0, 1 - ay), (1, ay)):
+                for dx, wx in ((0, 1 - ax), (1, ax)):
+                    yy = min(max(y0 + dy, 0), h - 1)
+                    xx = min(max(x0 + dx, 0), w - 1)
+                    val += wy * wx * img[:, yy, xx]
+            out[:, i, j] = val
+    return out
+
+
+def test_random_affine_flip_matches_its_equation() -> None:
+    import math
+
+    f = torch.rand(3, 1, 12, 12)
+    g = torch.Generator().manual_seed(4)
+    out = random_affine_flip(f, g, degrees=20.0, scale=(0.8, 1.2), translate=0.15)
+    # Replay the draws in the order the function makes them.
+    g = torch.Generator().manual_seed(4)
+    theta = (torch.rand(3, generator=g) * 2 - 1) * (20.0 * math.pi / 180)
+    zoom = 0.8 + torch.rand(3, generator=g) * 0.4
+    shift = (torch.rand(3, 2, generator=g) * 2 - 1) * 0.3
+    mirror = torch.where(torch.rand(3, generator=g) < 0.5, -1.0, 1.0)
+    for k in range(3):
+        ref = _affine_reference(
+            f[k], float(theta[k]), float(zoom[k]), shift[k].tolist(), float(mirror[k])
+        )
+        assert torch.allclose(out[k], ref, atol=1e-4), k
+
+
+def test_random_affine_flip_identity_mirror_determinism_and_errors() -> None:
+    f = torch.rand(6, 1, 16, 16)
+    # No rotation, zoom or shift: each output is the image or its mirror (hand-checkable case).
+    z = random_affine_flip(
+        f, torch.Generator().manual_seed(0), degrees=0.0, scale=(1.0, 1.0), translate=0.0
+    )
+    kinds = set()
+    for i in range(6):
+        if torch.allclose(z[i], f[i], atol=1e-5):
+            kinds.add("same")
+        else:
+            assert torch.allclose(z[i], f[i].flip(-1), atol=1e-5)
+            kinds.add("mirror")
+    assert kinds == {"same", "mirror"}  # both drawn for this seed
+    a = random_affine_flip(f, torch.Generator().manual_seed(1))
+    b = random_affine_flip(f, torch.Generator().manual_seed(1))
+    assert a.shape == f.shape and a.dtype == f.dtype and torch.equal(a, b)
+    assert not torch.equal(a, random_affine_flip(f, torch.Generator().manual_seed(2)))
+    assert a.min() >= 0 and a.max() <= 1  # bilinear with reflection stays in range
+    with pytest.raises(DataError, match="float"):
+        random_affine_flip(torch.zeros(1, 1, 8, 8, dtype=torch.uint8), torch.Generator())
+    with pytest.raises(DataError, match="scale"):
+        random_affine_flip(f, torch.Generator(), scale=(1.2, 1.0))

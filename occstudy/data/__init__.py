@@ -20,7 +20,7 @@ from .registry import (
     synthetic_faces,
 )
 from .synthetic import region_boxes
-from .transforms import normalize, random_crop_flip, resize, to_float
+from .transforms import normalize, random_affine_flip, random_crop_flip, resize, to_float
 
 __all__ = [
     "EMOTIONS",
@@ -36,6 +36,7 @@ __all__ = [
     "majority_labels",
     "normalize",
     "num_batches",
+    "random_affine_flip",
     "random_crop_flip",
     "region_boxes",
     "resize",

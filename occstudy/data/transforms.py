@@ -95,6 +95,60 @@ def random_crop_flip(
     return out.permute(0, 3, 1, 2).contiguous()
 
 
+def random_affine_flip(
+    x: torch.Tensor,
+    generator: torch.Generator,
+    *,
+    degrees: float = 15.0,
+    scale: tuple[float, float] = (0.9, 1.1),
+    translate: float = 0.1,
+) -> torch.Tensor:
+    """Per-image random rotation, zoom, shift and horizontal flip, as one ``grid_sample``.
+
+    Faces in FER sets are roughly aligned but tilted and framed differently; a crop only shifts
+    them. The output pixel at normalised position ``p`` samples the input at
+    ``F · R(-θ) · p / s + t`` (bilinear, reflection at the border), with θ uniform in
+    ``[-degrees, degrees]``, zoom ``s`` uniform in ``scale``, shift ``t`` uniform in
+    ``[-translate, translate]`` of the side per axis, and ``F`` a mirror with probability 1/2.
+
+    Args:
+        x: float ``(B, C, H, W)`` on any device.
+        generator: CPU generator; all parameters are drawn on CPU, so results are identical
+            across devices.
+        degrees: Largest rotation, in degrees.
+        scale: Range of the zoom factor (> 1 zooms in).
+        translate: Largest shift as a fraction of the side.
+
+    Returns:
+        ``(B, C, H, W)``, same dtype and device.
+    """
+    _check_batch(x, "random_affine_flip")
+    if not x.is_floating_point():
+        raise DataError(f"random_affine_flip: expected float images, got {x.dtype}")
+    if not (0 < scale[0] <= scale[1]) or degrees < 0 or not 0 <= translate < 1:
+        raise DataError(
+            f"random_affine_flip: degrees={degrees}, scale={scale}, translate={translate} "
+            "out of range (degrees >= 0, 0 < scale[0] <= scale[1], 0 <= translate < 1)"
+        )
+    b = x.shape[0]
+    theta = (torch.rand(b, generator=generator) * 2 - 1) * (degrees * torch.pi / 180)
+    zoom = scale[0] + torch.rand(b, generator=generator) * (scale[1] - scale[0])
+    # Normalised coordinates span [-1, 1], so a shift of a fraction f of the side is 2f.
+    shift = (torch.rand(b, 2, generator=generator) * 2 - 1) * (2 * translate)
+    mirror = torch.where(torch.rand(b, generator=generator) < 0.5, -1.0, 1.0)
+    cos, sin = torch.cos(theta) / zoom, torch.sin(theta) / zoom
+    matrix = torch.stack(
+        [
+            torch.stack([cos * mirror, -sin, shift[:, 0]], dim=1),
+            torch.stack([sin * mirror, cos, shift[:, 1]], dim=1),
+        ],
+        dim=1,
+    )  # (B, 2, 3)
+    matrix = matrix.to(device=x.device, dtype=x.dtype)
+    grid = F.affine_grid(matrix, list(x.shape), align_corners=False)
+    return F.grid_sample(x, grid, mode="bilinear", padding_mode="reflection", align_corners=False)
+
+
 def normalize(x: torch.Tensor, mean: float = 0.5, std: float = 0.5) -> torch.Tensor:
     """Standardise float images: ``(x - mean) / std``.
 
