@@ -183,6 +183,14 @@ def _add_study(sub: argparse._SubParsersAction) -> None:  # type: ignore[type-ar
     u.add_argument("--host", default="127.0.0.1")
     u.add_argument("--port", type=int, default=5000)
     u.add_argument("--data-root", default=None)
+    u.add_argument(
+        "--launch", default=None, help="launch whose views to link (default: the last one)"
+    )
+    u.add_argument(
+        "--open",
+        action="store_true",
+        help="open the compare view in the default web browser once the server answers",
+    )
 
     rp = sub.add_parser(
         "report",
@@ -436,6 +444,52 @@ def _serve_until_signal(cmd: list[str], env: dict[str, str]) -> int:
     return 128 + received[0] if received else code
 
 
+def _print_views(study: Any, layout: Any, uri: str, base: str, launch: str | None) -> str | None:
+    """Print the MLflow UI links of a launch (see :mod:`occstudy.tracking.views`); returns the
+    compare view's URL, or None when the study has no launch yet."""
+    from occstudy.tracking.reader import ReportError
+    from occstudy.tracking.views import launch_views
+
+    try:
+        views = launch_views(uri, study.name, launch=launch, known_launches=layout.launches())
+    except ReportError as exc:
+        print(f"  ({exc})")
+        return None
+    urls = views.urls(base)
+    print(f"{views.launch}: {len(views.trials)} fine-tune trial(s)")
+    print(f"  compare the trials side by side:  {urls['compare']}")
+    print(f"  trials table (params, test acc):  {urls['trials']}")
+    print(f"  charts, grouped by variant:       {urls['charts']}")
+    if "report" in urls:
+        print(f"  report page:                      {urls['report']}")
+    page = layout.report_dir / "report.html"
+    if page.is_file():
+        print(f"  report page (file):               {page.resolve().as_uri()}")
+    if "report" not in urls and not page.is_file():
+        print(f"  report page: none yet (occstudy report {study.name})")
+    return urls["compare"]
+
+
+def _open_when_ready(url: str, host: str, port: int, timeout_s: float = 60.0) -> None:
+    """Open ``url`` in the default browser once ``host:port`` accepts connections (a thread)."""
+    import socket
+    import threading
+    import time
+    import webbrowser
+
+    def wait_then_open() -> None:
+        deadline = time.monotonic() + timeout_s
+        while time.monotonic() < deadline:
+            try:
+                with socket.create_connection((host, port), timeout=1):
+                    webbrowser.open(url)
+                    return
+            except OSError:
+                time.sleep(0.3)
+
+    threading.Thread(target=wait_then_open, daemon=True).start()
+
+
 def cmd_ui(args: argparse.Namespace) -> int:
     import os
 
@@ -451,7 +505,10 @@ def cmd_ui(args: argparse.Namespace) -> int:
     layout = StudyLayout.of(study.name, args.storage)
     uri = layout.tracking_uri(args.tracking_uri)
     if not uri.startswith("sqlite:"):
-        print(f"this study logs to a tracking server: open {redact(uri)}")
+        shown = redact(uri)
+        print(f"this study logs to a tracking server: open {shown}")
+        if uri.startswith(("http://", "https://")):
+            _print_views(study, layout, uri, shown, args.launch)
         return 0
     if not layout.mlflow_db.exists():
         print(
@@ -464,9 +521,10 @@ def cmd_ui(args: argparse.Namespace) -> int:
         print(f"occstudy ui: {problem}", file=sys.stderr)
         return 2
     disable_telemetry()
-    print(
-        f"MLflow UI for {study.name} on http://{args.host}:{args.port} (Ctrl-C to stop)", flush=True
-    )
+    base = f"http://{args.host}:{args.port}"
+    print(f"MLflow UI for {study.name} on {base} (Ctrl-C to stop)")
+    compare = _print_views(study, layout, uri, base, args.launch)
+    sys.stdout.flush()
     cmd = [
         sys.executable,
         "-m",
@@ -484,6 +542,8 @@ def cmd_ui(args: argparse.Namespace) -> int:
     # The UI only: no job executor (its worker processes cost memory and nothing here uses
     # them).
     env = {**os.environ, "MLFLOW_SERVER_ENABLE_JOB_EXECUTION": "false"}
+    if args.open:
+        _open_when_ready(compare or base, args.host, args.port)
     return _serve_until_signal(cmd, env)
 
 
