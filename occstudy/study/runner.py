@@ -53,6 +53,7 @@ from occstudy.study.trainables import (
     pretext_trainable,
 )
 from occstudy.study.worker import PretextTask
+from occstudy.tracking.views import launch_views
 
 __all__ = [
     "RunOptions",
@@ -266,6 +267,12 @@ def _close_launch(ctx: StudyContext, outcome: StudyOutcome) -> None:
         {"study_seconds": outcome.seconds, "failed_trials": float(len(outcome.failed))},
     )
     ctx.tracker().finish(ctx.parent, "FINISHED" if not outcome.failed else "FAILED")
+    # The MLflow UI's trials table and chart view of this launch (shared view states on the
+    # experiment; `occstudy ui` prints their links). A UI nicety: never fail a launch on it.
+    try:
+        launch_views(ctx.tracking_uri, ctx.study.name, launch=ctx.launch)
+    except Exception as exc:
+        print(f"[mlflow] could not write the UI views of {ctx.launch}: {exc}", file=sys.stderr)
 
 
 # ---------------------------------------------------------------------------------------------
