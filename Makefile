@@ -9,10 +9,12 @@ export DO_NOT_TRACK := 1
 
 .PHONY: install demo test lint smoke bench clean
 
-$(VENV)/.installed: pyproject.toml
+# constraints.txt pins every package (shared with the images in docker/), so CI and a new
+# machine install what the tests ran against.
+$(VENV)/.installed: pyproject.toml constraints.txt
 	$(PYTHON) -m venv $(VENV)
-	$(PY) -m pip install -q --upgrade pip
-	$(PY) -m pip install -q -e '.[dev]'
+	$(PY) -m pip install -q -c constraints.txt --upgrade pip
+	$(PY) -m pip install -q -c constraints.txt -e '.[dev]'
 	touch $@
 
 install: $(VENV)/.installed
