@@ -159,6 +159,19 @@ def _add_study(sub: argparse._SubParsersAction) -> None:  # type: ignore[type-ar
     )
     p.add_argument("--num-cpus", type=int, default=None, help="CPUs of a locally started Ray")
     p.add_argument("--device", default="auto")
+    p.add_argument(
+        "--workers",
+        type=int,
+        default=None,
+        help="Ray Train (DDP) workers per trial (overrides Study.resources.workers)",
+    )
+    p.add_argument(
+        "--gpus-per-trial",
+        type=float,
+        default=None,
+        help="GPUs per trial, split evenly among its workers (default workers: one per GPU); "
+        "an error when the cluster has none",
+    )
     p.add_argument("--quiet", action="store_true", help="no progress lines")
     p.add_argument(
         "--plan",
@@ -273,12 +286,43 @@ def _print_plan(study: Any, args: argparse.Namespace) -> int:
     return 0
 
 
+def _with_resources(study: Any, workers: int | None, gpus_per_trial: float | None) -> Any:
+    """``study`` with ``--workers`` / ``--gpus-per-trial`` applied to its resources.
+
+    ``--gpus-per-trial N`` alone runs one DDP worker per GPU (``N`` < 1: one worker sharing a
+    GPU); with ``--workers M`` each worker gets ``N / M`` GPUs.
+    """
+    import math
+
+    from occstudy.study import StudyError
+
+    if workers is None and gpus_per_trial is None:
+        return study
+    res = study.resources
+    if gpus_per_trial is not None and (not math.isfinite(gpus_per_trial) or gpus_per_trial < 0):
+        raise StudyError(f"--gpus-per-trial={gpus_per_trial}: must be a finite number >= 0")
+    if workers is None:
+        n = gpus_per_trial or 0
+        workers = max(1, int(n)) if n >= 1 else res.workers
+    per_worker = res.gpus_per_worker if gpus_per_trial is None else gpus_per_trial / workers
+    try:
+        new = replace(res, workers=workers, gpus_per_worker=per_worker)
+    except StudyError as exc:
+        raise StudyError(f"--workers/--gpus-per-trial: {exc}") from None
+    return replace(study, resources=new)
+
+
 def cmd_run(args: argparse.Namespace) -> int:
     from occstudy.study import RunOptions, StudyError, run_study
     from occstudy.tracking import TrackingError, redact
 
     try:
         study = _load_study(args.study, args.data_root)
+    except StudyError as exc:
+        print(f"occstudy run: {exc}", file=sys.stderr)
+        return 2
+    try:
+        study = _with_resources(study, args.workers, args.gpus_per_trial)
     except StudyError as exc:
         print(f"occstudy run: {exc}", file=sys.stderr)
         return 2
@@ -297,7 +341,7 @@ def cmd_run(args: argparse.Namespace) -> int:
     )
     try:
         outcome = run_study(study, options)
-    except TrackingError as exc:
+    except (TrackingError, StudyError) as exc:
         print(f"occstudy run: {exc}", file=sys.stderr)
         return 2
     except KeyboardInterrupt:

@@ -10,7 +10,7 @@ from collections.abc import Iterator
 from dataclasses import replace
 
 from occstudy import tracking
-from occstudy.study.spec import Study
+from occstudy.study.spec import Resources, Study, StudyError
 from occstudy.train import Runtime
 
 __all__ = [
@@ -92,8 +92,31 @@ def resolve_resources(study: Study) -> Study:
     nodes = [n["Resources"] for n in ray.nodes() if n.get("Alive")]
     node_cpus = max((int(r.get("CPU", 0)) for r in nodes), default=1)
     node_gpus = max((float(r.get("GPU", 0)) for r in nodes), default=0.0)
+    check_gpus(study.resources, node_gpus, len(nodes))
     resources = study.resources.resolved(node_cpus, node_gpus)
     return study if resources == study.resources else replace(study, resources=resources)
+
+
+def check_gpus(resources: Resources, node_gpus: float, n_nodes: int) -> None:
+    """Refuse GPU requests the cluster can never meet (Ray would leave the trials pending
+    forever): GPUs on a cluster without any, or more per worker than the largest node has.
+
+    Raises:
+        StudyError: naming the request and what the cluster has.
+    """
+    want = resources.gpus_per_worker
+    if want <= 0:
+        return
+    if node_gpus <= 0:
+        raise StudyError(
+            f"Resources.gpus_per_worker={want:g}: the study asks for GPUs but none of the Ray "
+            f"cluster's {n_nodes} node(s) has one (drop --gpus-per-trial, or add a GPU node)"
+        )
+    if want > node_gpus:
+        raise StudyError(
+            f"Resources.gpus_per_worker={want:g}: one worker needs more GPUs than the largest "
+            f"node has ({node_gpus:g}); use more workers with fewer GPUs each (--workers)"
+        )
 
 
 def use_assigned_cpus() -> int:
