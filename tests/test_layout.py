@@ -26,3 +26,17 @@ def test_an_unreadable_launches_file_stops_a_launch_but_not_a_reader(tmp_path: P
     assert layout.launches() == []
     with pytest.raises(ValueError, match="launches.json: not a JSON list"):
         layout.start_launch(resume=False)
+
+
+@pytest.mark.parametrize("name", ["..", ".", "a/../../b", "x\\y", ""])
+def test_a_study_name_cannot_escape_the_storage_root(tmp_path, name: str) -> None:
+    with pytest.raises(ValueError, match="not a folder name"):
+        StudyLayout.of(name, tmp_path)
+
+
+def test_a_study_file_cannot_name_a_folder_outside_the_storage() -> None:
+    from occstudy.study import Study, StudyError
+
+    for name in ("..", ".hidden"):
+        with pytest.raises(StudyError, match=r"Study.name=.*a folder name"):
+            Study(name=name)

@@ -51,6 +51,20 @@ class StudyLayout:
     storage: Path
     name: str
 
+    def __post_init__(self) -> None:
+        # The study's folder must lie inside the storage root, whatever name a user typed.
+        if (
+            not self.name
+            or self.name in (".", "..")
+            or "/" in self.name
+            or "\\" in self.name
+            or "\x00" in self.name
+        ):
+            raise ValueError(
+                f"study name {self.name!r}: not a folder name (it would point outside the "
+                f"storage root {self.storage})"
+            )
+
     @classmethod
     def of(cls, name: str, storage: str | os.PathLike[str] | None = None) -> StudyLayout:
         """The layout of study ``name`` under ``storage`` (default :data:`DEFAULT_STORAGE`)."""
