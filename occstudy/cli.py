@@ -778,6 +778,13 @@ def main(argv: Sequence[str] | None = None) -> int:
         "train": cmd_train,
         "data": cmd_data,
     }
+    if getattr(args, "storage", None) is not None:
+        from occstudy.study.layout import storage_problem
+
+        why = storage_problem(args.storage)
+        if why is not None:
+            print(f"occstudy {args.command}: {why}", file=sys.stderr)
+            return 2
     return commands[args.command](args)
 
 

@@ -40,3 +40,19 @@ def test_a_study_file_cannot_name_a_folder_outside_the_storage() -> None:
     for name in ("..", ".hidden"):
         with pytest.raises(StudyError, match=r"Study.name=.*a folder name"):
             Study(name=name)
+
+
+def test_storage_must_be_a_folder_not_a_uri_or_a_file(tmp_path, capsys) -> None:
+    from occstudy.cli import main
+    from occstudy.study.layout import storage_problem
+
+    assert storage_problem(None) is None and storage_problem(tmp_path) is None
+    assert storage_problem(tmp_path / "not-yet") is None  # created on first use
+    why = storage_problem("s3://bucket/runs")
+    assert why is not None and why.startswith("--storage s3://bucket/runs: a s3:// URI is not")
+    with pytest.raises(ValueError, match="s3:// URI is not supported"):
+        StudyLayout.of("x", "s3://bucket/runs")
+    afile = tmp_path / "f"
+    afile.write_text("")
+    assert main(["status", "quickstart", "--storage", str(afile)]) == 2
+    assert capsys.readouterr().err == f"occstudy status: --storage {afile}: not a folder\n"
