@@ -9,9 +9,10 @@ entry point that trains has ``--smoke``.
 from __future__ import annotations
 
 import argparse
+import contextlib
 import json
 import sys
-from collections.abc import Mapping, Sequence
+from collections.abc import Iterator, Mapping, Sequence
 from dataclasses import replace
 from typing import Any
 
@@ -259,7 +260,10 @@ def _load_study(arg: str, data_root: str | None, storage: str | None = None) -> 
         os.environ["OCCSTUDY_DATA"] = os.path.abspath(data_root)
     if arg.endswith(".py") or Path(arg).is_file():
         return load_study(arg)
-    saved = StudyLayout.of(arg, storage).study_file
+    try:
+        saved = StudyLayout.of(arg, storage).study_file
+    except ValueError as exc:
+        raise StudyError(f"{arg!r} is neither a study file nor a study name: {exc}") from None
     if not saved.is_file():
         raise StudyError(f"{arg!r} is neither a study file nor a study in {saved.parent.parent}/")
     return Study.from_dict(json.loads(saved.read_text()))
@@ -312,6 +316,48 @@ def _with_resources(study: Any, workers: int | None, gpus_per_trial: float | Non
     return replace(study, resources=new)
 
 
+@contextlib.contextmanager
+def _interrupt_on_sigterm(received: list[int]) -> Iterator[None]:
+    """Within the block, SIGTERM (and SIGHUP) stop the study like Ctrl-C does (a
+    ``KeyboardInterrupt``, so the launch is closed and marked KILLED) instead of ending the
+    process on the spot; the signal number is appended to ``received``."""
+    import signal
+
+    def interrupt(signum: int, _frame: Any) -> None:
+        if not received:
+            received.append(signum)
+        raise KeyboardInterrupt(signal.Signals(signum).name)
+
+    def note_sigint(signum: int, frame: Any) -> None:
+        if not received:
+            received.append(signum)
+        signal.default_int_handler(signum, frame)
+
+    previous = {
+        sig: signal.signal(sig, handler)
+        for sig, handler in (
+            (signal.SIGTERM, interrupt),
+            (signal.SIGHUP, interrupt),
+            (signal.SIGINT, note_sigint),
+        )
+    }
+    try:
+        yield
+    finally:
+        for sig, handler in previous.items():
+            signal.signal(sig, handler)
+
+
+def _resume_command() -> str:
+    """The command line of this process with ``--resume`` (added once)."""
+    import shlex
+
+    argv = ["occstudy", *sys.argv[1:]]
+    if "--resume" not in argv:
+        argv.append("--resume")
+    return " ".join(shlex.quote(a) for a in argv)
+
+
 def cmd_run(args: argparse.Namespace) -> int:
     from occstudy.study import RunOptions, StudyError, run_study
     from occstudy.tracking import TrackingError, redact
@@ -339,17 +385,28 @@ def cmd_run(args: argparse.Namespace) -> int:
         device=args.device,
         progress=not args.quiet,
     )
+    if args.address is None and args.device != "auto":
+        from occstudy.train import check_device
+
+        try:
+            check_device(args.device)
+        except ValueError as exc:
+            print(f"occstudy run: {exc}", file=sys.stderr)
+            return 2
+    received: list[int] = []
     try:
-        outcome = run_study(study, options)
+        with _interrupt_on_sigterm(received):
+            outcome = run_study(study, options)
     except (TrackingError, StudyError) as exc:
         print(f"occstudy run: {exc}", file=sys.stderr)
         return 2
     except KeyboardInterrupt:
         print(
-            "\noccstudy run: interrupted; continue with the same command plus --resume",
+            f"\noccstudy run: interrupted; the launch and its unfinished runs are marked KILLED "
+            f"in MLflow. Continue with:\n  {_resume_command()}",
             file=sys.stderr,
         )
-        return 130
+        return 128 + (received[0] if received else 2)  # 130 for SIGINT, 143 for SIGTERM
     print()
     print(outcome.table)
     print(
@@ -765,6 +822,13 @@ def main(argv: Sequence[str] | None = None) -> int:
         "train": cmd_train,
         "data": cmd_data,
     }
+    if getattr(args, "storage", None) is not None:
+        from occstudy.study.layout import storage_problem
+
+        why = storage_problem(args.storage)
+        if why is not None:
+            print(f"occstudy {args.command}: {why}", file=sys.stderr)
+            return 2
     return commands[args.command](args)
 
 

@@ -560,9 +560,13 @@ class MethodConfig:
                 raise bad(name, getattr(self, name), why)
         if not 32 <= self.image_size <= 1024:
             raise bad("image_size", self.image_size, "must be in [32, 1024]")
-        for name in ("pretext_epochs", "epochs"):
-            if getattr(self, name) < 0:
-                raise bad(name, getattr(self, name), "must be >= 0")
+        if self.pretext_epochs < 0:
+            raise bad("pretext_epochs", self.pretext_epochs, "must be >= 0 (0: no pretext)")
+        if self.epochs < 1:
+            # Zero fine-tune epochs would test an untrained classifier and report it as a result.
+            raise bad("epochs", self.epochs, "must be >= 1")
+        if self.max_steps is not None and self.max_steps < 1:
+            raise bad("max_steps", self.max_steps, "must be >= 1 (or None: whole epochs)")
         if self.in_chans not in (1, 3):
             raise bad("in_chans", self.in_chans, "must be 1 or 3")
         if not 0 < self.label_fraction <= 1:

@@ -38,6 +38,7 @@ from occstudy.recipes import lr_at
 from occstudy.tracking import schema
 from occstudy.train import (
     Runtime,
+    check_finite_weights,
     extractor_state,
     finetune_one_epoch,
     load_checkpoint,
@@ -131,6 +132,7 @@ def load_method_data(config: MethodConfig, *, with_pretext: bool = True) -> Meth
             val = load_ref(config.data, val_split, image_size=size, channels=ch)
         else:
             train, val = holdout_split(train, 0.1, config.seed)
+    _require_every_class(train, config.data)
     if config.train_limit is not None and config.train_limit < len(train):
         train = train.stratified_fraction(config.train_limit / len(train), config.seed)
     if config.label_fraction < 1:
@@ -342,6 +344,30 @@ class Hooks:
     log_every: int = 10
 
 
+def _require_every_class(train: D.FaceSet, ref: DataRef) -> None:
+    """A class with no training image could never be predicted, and its test accuracy would be
+    0 without a word: refuse it, naming the classes (a missing or empty class folder)."""
+    counts = torch.bincount(train.labels, minlength=len(train.classes))
+    missing = [c for c, n in zip(train.classes, counts.tolist(), strict=True) if n == 0]
+    if missing:
+        raise ValueError(
+            f"{ref}: the training split has no image of class(es) {missing} (missing or empty "
+            f"class folder?); every class of {train.label_space} needs training images"
+        )
+
+
+def _require_a_batch(n: int, config: MethodConfig, runtime: Runtime) -> None:
+    """The pretext stage drops incomplete batches (BatchNorm and L_SS want full ones): with
+    fewer faces than one batch per worker it would take no step and label the result anyway."""
+    need = config.batch_size * runtime.world_size
+    if n < need:
+        raise ValueError(
+            f"pretext data {', '.join(config.pretext_data)}: {n} face(s), fewer than one batch "
+            f"(batch_size={config.batch_size} x {runtime.world_size} worker(s) = {need}): the "
+            "pretext stage would take no step; add faces (--pretext-data) or lower --batch-size"
+        )
+
+
 def _rank_steps(n: int, config: MethodConfig, runtime: Runtime, *, drop_last: bool) -> int:
     """Optimiser steps one rank takes per epoch over ``n`` images."""
     steps = D.num_batches(n, config.batch_size, drop_last, runtime.world_size)
@@ -413,6 +439,7 @@ def run_pretext(
         history = list(state["extra"].get("history", []))
     policy = make_policy(config.pretext_policy)
     # drop_last: BN and NT-Xent want full batches.
+    _require_a_batch(len(pretext), config, runtime)
     per_rank = _rank_steps(len(pretext), config, runtime, drop_last=True)
     schedule = _lr_schedule(config, config.pretext_lr, per_rank, config.pretext_epochs)
     for epoch in range(start_epoch, config.pretext_epochs):
@@ -446,6 +473,7 @@ def run_pretext(
             first_step=epoch * per_rank,
             augment=config.augment,
         )
+        check_finite_weights(net, "pretext")  # a diverged model is never saved or used
         history.append(metrics)
         if checkpoint is not None and runtime.is_main:
             save_checkpoint(
@@ -624,6 +652,7 @@ def run_finetune(
             augment=config.augment,
             label_smoothing=config.label_smoothing,
         )
+        check_finite_weights(net, "fine-tune")  # a diverged model is never saved or used
         val_res = evaluate(
             net,
             val,

@@ -37,7 +37,12 @@ from torch import Tensor
 from occstudy.data import EMOTIONS, EMOTIONS7, normalize, resize, to_float
 from occstudy.data.imageio import decode_image
 from occstudy.models import NORM_MEAN, NORM_STD, ModelConfig, OccNet
-from occstudy.train import checkpoint_model_config, load_checkpoint
+from occstudy.train import (
+    NonFiniteError,
+    check_finite_weights,
+    checkpoint_model_config,
+    load_checkpoint,
+)
 
 __all__ = [
     "InferredConfigWarning",
@@ -380,6 +385,13 @@ def load_model(
             f"stem={info.stem!r}, "
             f"heads={info.heads}, num_classes={info.num_classes}): "
             f"{' '.join(ln.strip() for ln in first[1:3]) if len(first) > 1 else exc}"
+        ) from None
+    try:
+        check_finite_weights(model, str(path))
+    except NonFiniteError:
+        raise ValueError(
+            f"{path}: the checkpoint holds NaN or infinite weights (a diverged run); refusing "
+            "to predict with it"
         ) from None
     return _move(model, dev, str(path)).eval(), info
 

@@ -65,10 +65,14 @@ class Runtime:
 
     @staticmethod
     def auto(device: str = "auto") -> Runtime:
-        """bf16 autocast and channels_last on CUDA, plain float32 elsewhere."""
+        """bf16 autocast and channels_last on CUDA, plain float32 elsewhere.
+
+        Raises:
+            ValueError: naming ``device`` when it is not a device of this machine.
+        """
         if device == "auto":
             device = "cuda" if torch.cuda.is_available() else "cpu"
-        dev = torch.device(device)
+        dev = check_device(device)
         on_gpu = dev.type == "cuda"
         return Runtime(device=dev, amp=on_gpu, channels_last=on_gpu)
 
@@ -127,6 +131,57 @@ def prepare_images(
     elif generator is not None and augment == "affine-flip":
         x = random_affine_flip(x, generator)
     return x
+
+
+def check_device(device: str) -> torch.device:
+    """``device`` as a torch device, checked against this machine.
+
+    Raises:
+        ValueError: naming the value when it is not a device name, or names a device this
+            machine does not have (no CUDA, a GPU index past the last one, no MPS).
+    """
+    try:
+        dev = torch.device(device)
+    except (RuntimeError, TypeError) as exc:
+        raise ValueError(f"device={device!r}: not a device name ({exc})") from None
+    if dev.type == "cuda":
+        count = torch.cuda.device_count() if torch.cuda.is_available() else 0
+        if count == 0:
+            raise ValueError(f"device={device!r}: this machine has no CUDA GPU (use cpu or auto)")
+        if dev.index is not None and dev.index >= count:
+            raise ValueError(
+                f"device={device!r}: this machine has {count} CUDA GPU(s), cuda:0..cuda:{count - 1}"
+            )
+    elif dev.type == "mps" and not torch.backends.mps.is_available():
+        raise ValueError(f"device={device!r}: MPS is not available on this machine")
+    elif dev.type not in ("cpu", "cuda", "mps"):
+        raise ValueError(f"device={device!r}: supported devices are cpu, cuda[:N], mps, auto")
+    return dev
+
+
+class NonFiniteError(ValueError):
+    """Training diverged: a loss or a weight is NaN or infinite. The message names the stage,
+    the step and the likely cause; nothing non-finite is saved."""
+
+
+def _diverged(stage: str, what: str, value: float, step: int) -> NonFiniteError:
+    return NonFiniteError(
+        f"{stage} {what} is {value} at step {step}: training diverged (usually a learning "
+        "rate too high for this recipe and batch size: lower --lr / --pretext-lr"
+        + (", or λ (--lam)" if stage == "pretext" else "")
+        + "); nothing was saved from this step on"
+    )
+
+
+def check_finite_weights(model: nn.Module, stage: str) -> None:
+    """Raise :class:`NonFiniteError` when any parameter or buffer of ``model`` is not finite
+    (called before a checkpoint is written, so a diverged model is never saved or used)."""
+    for name, tensor in [*model.named_parameters(), *model.named_buffers()]:
+        if tensor.is_floating_point() and not bool(torch.isfinite(tensor).all()):
+            raise NonFiniteError(
+                f"{stage}: weight {name} is not finite: training diverged (usually a learning "
+                "rate too high: lower --lr / --pretext-lr); the model was not saved"
+            )
 
 
 #: ``schedule(global_step) -> learning rate`` (see :func:`occstudy.recipes.lr_at`).
@@ -238,7 +293,7 @@ def pretext_one_epoch(
             gather_distributed=gather_distributed,
         )
         if not torch.isfinite(terms.total):
-            raise FloatingPointError(f"pretext loss is {terms.total.item()} at step {steps}")
+            raise _diverged("pretext", "loss", terms.total.item(), first_step + steps)
         optimizer.zero_grad(set_to_none=True)
         terms.total.backward()
         _set_lr(optimizer, lr_schedule, first_step + steps)
@@ -325,7 +380,7 @@ def finetune_one_epoch(
             logits = model(x)
         loss = F.cross_entropy(logits.float(), y, label_smoothing=label_smoothing)
         if not torch.isfinite(loss):
-            raise FloatingPointError(f"fine-tune loss is {loss.item()} at step {steps}")
+            raise _diverged("fine-tune", "loss", loss.item(), first_step + steps)
         optimizer.zero_grad(set_to_none=True)
         loss.backward()
         _set_lr(optimizer, lr_schedule, first_step + steps)

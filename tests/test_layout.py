@@ -26,3 +26,33 @@ def test_an_unreadable_launches_file_stops_a_launch_but_not_a_reader(tmp_path: P
     assert layout.launches() == []
     with pytest.raises(ValueError, match="launches.json: not a JSON list"):
         layout.start_launch(resume=False)
+
+
+@pytest.mark.parametrize("name", ["..", ".", "a/../../b", "x\\y", ""])
+def test_a_study_name_cannot_escape_the_storage_root(tmp_path, name: str) -> None:
+    with pytest.raises(ValueError, match="not a folder name"):
+        StudyLayout.of(name, tmp_path)
+
+
+def test_a_study_file_cannot_name_a_folder_outside_the_storage() -> None:
+    from occstudy.study import Study, StudyError
+
+    for name in ("..", ".hidden"):
+        with pytest.raises(StudyError, match=r"Study.name=.*a folder name"):
+            Study(name=name)
+
+
+def test_storage_must_be_a_folder_not_a_uri_or_a_file(tmp_path, capsys) -> None:
+    from occstudy.cli import main
+    from occstudy.study.layout import storage_problem
+
+    assert storage_problem(None) is None and storage_problem(tmp_path) is None
+    assert storage_problem(tmp_path / "not-yet") is None  # created on first use
+    why = storage_problem("s3://bucket/runs")
+    assert why is not None and why.startswith("--storage s3://bucket/runs: a s3:// URI is not")
+    with pytest.raises(ValueError, match="s3:// URI is not supported"):
+        StudyLayout.of("x", "s3://bucket/runs")
+    afile = tmp_path / "f"
+    afile.write_text("")
+    assert main(["status", "quickstart", "--storage", str(afile)]) == 2
+    assert capsys.readouterr().err == f"occstudy status: --storage {afile}: not a folder\n"

@@ -103,6 +103,10 @@ def test_variant_none_has_no_pretext() -> None:
         ({"label_fraction": 0.0}, "label_fraction"),
         ({"pretext_data": "/no/such/folder"}, r"pretext_data\[0\]"),
         ({"pretext_data": ()}, "pretext_data"),
+        ({"epochs": 0}, "epochs"),
+        ({"pretext_epochs": -1}, "pretext_epochs"),
+        ({"max_steps": 0}, "max_steps"),
+        ({"lr": float("inf")}, "lr"),
     ],
 )
 def test_invalid_config_names_the_field(change, field) -> None:
@@ -156,3 +160,26 @@ def test_quickstart_recipe_clearly_beats_chance() -> None:
     chance = 1 / 7
     assert clean >= 2.5 * chance, (clean, result.finetune_history)
     assert mouth < clean
+
+
+def test_too_few_pretext_faces_for_a_batch_is_an_error() -> None:
+    config = replace(TINY, variant="ss", pretext_limit=10)
+    with pytest.raises(ValueError, match=r"10 face\(s\), fewer than one batch \(batch_size=16"):
+        run_method(config)
+
+
+def test_a_class_without_training_images_is_an_error(tmp_path) -> None:
+    from data_fixtures import write_image
+
+    root = tmp_path / "fer"
+    classes = ("angry", "disgust", "fear", "happy", "sad", "surprise", "neutral")
+    for split in ("Training", "PublicTest", "PrivateTest"):
+        for k, cls in enumerate(classes):
+            (root / split / cls).mkdir(parents=True)
+            if split == "Training" and cls == "disgust":
+                continue  # an empty class folder
+            for i in range(2):
+                write_image(root / split / cls / f"{k}{i}.png", 20 * k + i)
+    config = replace(TINY, variant="none", data=DataRef.parse(f"fer2013:{root}"))
+    with pytest.raises(ValueError, match=r"no image of class\(es\) \['disgust'\]"):
+        run_method(config)

@@ -290,3 +290,80 @@ def test_a_trial_whose_worker_dies_is_retried_from_its_last_checkpoint(tmp_path)
     )
     # Epoch 0 ran once: the retry resumed from last.pt instead of starting over.
     assert sorted(m.step for m in history) == [0, 1, 2]
+
+
+def _wait_for(predicate, what: str, proc: subprocess.Popen, timeout_s: float = 600) -> None:
+    deadline = time.time() + timeout_s
+    while not predicate():
+        assert proc.poll() is None, f"the study ended before {what}"
+        assert time.time() < deadline, f"timed out waiting for {what}"
+        time.sleep(0.5)
+
+
+@pytest.mark.usefixtures("ray_loopback")
+def test_signals_stop_each_stage_and_resume_finishes_without_repeating_work(tmp_path) -> None:
+    """SIGINT in stage 1 (pretext), then SIGTERM in stage 2 (fine-tune) of the resumed launch:
+    each exits 130 / 143 naming the --resume command, with the launch and its unfinished runs
+    KILLED in MLflow; a last --resume finishes, and no pretext epoch or fine-tune epoch was
+    logged twice."""
+    study_file = tmp_path / "sig_study.py"
+    study_file.write_text(
+        "from occstudy.study import FinetuneSpec, PretextSpec, Resources, Study, TestSpec\n"
+        "study = Study(name='sig', image_size=32, batch_size=16, variants=('none', 'ss'),\n"
+        "    pretext=PretextSpec(epochs=2, limit=1024),\n"
+        "    finetune=FinetuneSpec(epochs=2, train_limit=96, synthetic_size=192),\n"
+        "    test=TestSpec(protocols=('clean',)), resources=Resources(max_concurrent=1))\n"
+    )
+    cmd = [sys.executable, "-m", "occstudy.cli", "run", str(study_file)]
+    cmd += ["--storage", str(tmp_path), "--num-cpus", "2"]
+    ray_tmp = tempfile.mkdtemp(prefix="ray-", dir="/tmp")
+    env = {**os.environ, "RAY_ENABLE_WINDOWS_OR_OSX_CLUSTER": "0", "RAY_TMPDIR": ray_tmp}
+    uri = f"sqlite:///{tmp_path / 'sig' / 'mlflow.db'}"
+
+    def runs(kind: str, status: str | None = None) -> list:
+        if not (tmp_path / "sig" / "mlflow.db").exists():
+            return []
+        return tracking.find_runs(uri, "sig", kind=kind, status=status)
+
+    def interrupted(extra: list[str], signum: int, ready, what: str) -> None:
+        err = tmp_path / f"stderr-{signum}.txt"
+        with open(err, "w") as fh:
+            proc = subprocess.Popen([*cmd, *extra], env=env, stdout=subprocess.DEVNULL, stderr=fh)
+            try:
+                _wait_for(ready, what, proc)
+                proc.send_signal(signum)
+                code = proc.wait(timeout=180)
+            finally:
+                if proc.poll() is None:
+                    proc.kill()
+        text = err.read_text()
+        assert code == 128 + signum, text[-3000:]
+        assert text.rstrip().endswith("--resume"), text[-1500:]  # the command to continue
+        (parent,) = runs("study")
+        assert parent.info.status == "KILLED"
+        assert runs("pretext", "RUNNING") == [] and runs("finetune", "RUNNING") == []
+
+    # Stage 1: Ctrl-C while the pretext job trains.
+    interrupted([], signal.SIGINT, lambda: bool(runs("pretext", "RUNNING")), "the pretext job")
+    # Stage 2 of the resumed launch: SIGTERM once a fine-tune trial has finished.
+    interrupted(
+        ["--resume"],
+        signal.SIGTERM,
+        lambda: bool(runs("finetune", "FINISHED")),
+        "a finished fine-tune trial",
+    )
+    done = subprocess.run([*cmd, "--resume"], env=env, capture_output=True, text=True, timeout=900)
+    assert done.returncode == 0, done.stderr[-3000:]
+    (parent,) = runs("study")
+    assert parent.info.status == "FINISHED"
+    client = tracking.store._client(uri)
+    trials = runs("finetune")
+    assert sorted(r.data.tags["variant"] for r in trials) == ["none", "ss"]
+    for run in trials:
+        assert run.info.status == "FINISHED"
+        steps = [m.step for m in client.get_metric_history(run.info.run_id, "val_acc")]
+        assert sorted(steps) == [0, 1], f"{run.info.run_name}: epochs logged {steps}"
+    (pretext,) = runs("pretext")
+    steps = [m.step for m in client.get_metric_history(pretext.info.run_id, "pretext.loss")]
+    assert sorted(steps) == [0, 1], f"pretext epochs logged {steps}"
+    _kill_processes_mentioning(ray_tmp)

@@ -154,3 +154,45 @@ def test_load_checkpoint_errors_name_the_file(tmp_path) -> None:
     torch.save({"weights": torch.zeros(1)}, foreign)
     with pytest.raises(ValueError, match="foreign.pt"):
         load_checkpoint(foreign)
+
+
+def test_a_diverged_run_stops_with_a_message_naming_stage_step_and_cause(faces) -> None:
+    from occstudy.train import NonFiniteError, check_finite_weights
+
+    torch.manual_seed(0)
+    model = OccNet(heads=("classifier",), num_classes=7)
+    with torch.no_grad():
+        next(model.classifier.parameters()).fill_(float("nan"))
+    with pytest.raises(NonFiniteError) as info:
+        finetune_one_epoch(
+            model,
+            [(faces.images[:8], faces.labels[:8])],
+            make_optimizer(model, 1e-3),
+            policy=make_policy("squares"),
+            occlusion_prob=0.0,
+            image_size=32,
+            runtime=CPU,
+            generator=seeded_generator(0),
+            first_step=40,
+        )
+    message = str(info.value)
+    assert message.startswith("fine-tune loss is nan at step 40: training diverged")
+    assert "--lr" in message and "\n" not in message
+    assert isinstance(info.value, ValueError)  # the CLI prints ValueErrors as one line, exit 2
+    with pytest.raises(NonFiniteError, match=r"fine-tune: weight classifier\..* is not finite"):
+        check_finite_weights(model, "fine-tune")
+    check_finite_weights(OccNet(heads=("classifier",), num_classes=7), "fine-tune")  # no error
+
+
+def test_check_device_names_the_value() -> None:
+    from occstudy.train import check_device
+
+    assert check_device("cpu") == torch.device("cpu")
+    with pytest.raises(ValueError, match=r"device='cuda:99': this machine has"):
+        check_device("cuda:99")
+    with pytest.raises(ValueError, match=r"device='gpu0': not a device name"):
+        check_device("gpu0")
+    with pytest.raises(ValueError, match=r"device='meta': supported devices"):
+        check_device("meta")
+    with pytest.raises(ValueError, match=r"device='cuda:99'"):
+        Runtime.auto("cuda:99")

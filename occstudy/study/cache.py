@@ -6,12 +6,18 @@ fine-tune trial that needs it — across trials, variants that share it, reruns 
 using the same storage — loads it from there. A file lock (``fcntl.flock``, which also works on
 NFS v4 and most shared file systems) makes sure two trials that need the same pretext never
 compute it twice: the second waits and then reads the first one's result.
+
+Each result carries the SHA-256 of its file in ``meta.json``. An entry whose file does not
+match (truncated, overwritten, half-copied) is not a result: :meth:`PretextCache.heal` moves it
+aside (``<key>.bad-<n>``, kept for inspection) so that the job is computed again, and
+:meth:`PretextCache.load` refuses it with a message naming the entry.
 """
 
 from __future__ import annotations
 
 import contextlib
 import fcntl
+import hashlib
 import json
 import os
 import shutil
@@ -28,7 +34,30 @@ RESULT_FILE = "pretext.pt"
 WORK_FILE = "work.pt"
 META_FILE = "meta.json"
 
-__all__ = ["META_FILE", "RESULT_FILE", "WORK_FILE", "PretextCache", "pretext_cache_key"]
+__all__ = [
+    "META_FILE",
+    "RESULT_FILE",
+    "WORK_FILE",
+    "CacheEntryError",
+    "PretextCache",
+    "pretext_cache_key",
+]
+
+#: meta.json field holding the SHA-256 of the result file.
+CHECKSUM = "sha256"
+
+
+class CacheEntryError(RuntimeError):
+    """A pretext-cache entry exists but is not an intact result (the message names it)."""
+
+
+def sha256_of(path: Path) -> str:
+    """Hex SHA-256 of a file, read in 1 MiB blocks."""
+    digest = hashlib.sha256()
+    with open(path, "rb") as fh:
+        for block in iter(lambda: fh.read(1 << 20), b""):
+            digest.update(block)
+    return digest.hexdigest()
 
 
 class PretextCache:
@@ -55,9 +84,60 @@ class PretextCache:
     def has(self, key: str) -> bool:
         return self.result_path(key).is_file()
 
+    def problem(self, key: str) -> str | None:
+        """Why the entry's result is not intact (None when it is, or when there is none).
+
+        Results written before checksums were recorded count as intact when they load.
+        """
+        path = self.result_path(key)
+        if not path.is_file():
+            return None
+        want = self.meta(key).get(CHECKSUM)
+        if want is None:
+            try:
+                load_checkpoint(path, "cpu")
+            except Exception as exc:  # any unreadable file is a bad entry, said below
+                return f"unreadable ({exc})"
+            return None
+        got = sha256_of(path)
+        if got != want:
+            size = path.stat().st_size
+            return (
+                f"checksum mismatch ({size} bytes, sha256 {got[:12]}..., expected {want[:12]}...)"
+            )
+        return None
+
+    def heal(self, key: str) -> Path | None:
+        """Move a bad entry aside (``<key>.bad-<n>`` next to it) so that it is computed again.
+
+        Returns:
+            Where the bad entry went, or None when the entry is intact or absent.
+        """
+        if self.problem(key) is None:
+            return None
+        n = 1
+        while (self.root / f"{key}.bad-{n}").exists():
+            n += 1
+        target = self.root / f"{key}.bad-{n}"
+        os.replace(self.entry(key), target)
+        return target
+
     def load(self, key: str, map_location: str | torch.device = "cpu") -> dict[str, torch.Tensor]:
-        """The OccNet state dict of a finished pretext stage."""
-        return dict(load_checkpoint(self.result_path(key), map_location)["model"])
+        """The OccNet state dict of a finished pretext stage.
+
+        Raises:
+            CacheEntryError: naming the entry when its file is missing or not intact.
+        """
+        path = self.result_path(key)
+        if not path.is_file():
+            raise CacheEntryError(f"pretext cache entry {self.entry(key)}: no result file")
+        why = self.problem(key)
+        if why is not None:
+            raise CacheEntryError(
+                f"pretext cache entry {self.entry(key)}: {why}; launch the study again with "
+                "--resume: the bad entry is set aside and recomputed"
+            )
+        return dict(load_checkpoint(path, map_location)["model"])
 
     def meta(self, key: str) -> dict[str, Any]:
         path = self.entry(key) / META_FILE
@@ -67,12 +147,16 @@ class PretextCache:
         """Turn a finished work checkpoint into the cached result (atomic rename)."""
         entry = self.entry(key)
         entry.mkdir(parents=True, exist_ok=True)
-        (entry / (META_FILE + ".tmp")).write_text(json.dumps(dict(meta), indent=2, default=str))
-        os.replace(entry / (META_FILE + ".tmp"), entry / META_FILE)
-        if work.resolve() != self.result_path(key).resolve():
-            tmp = entry / (RESULT_FILE + ".tmp")
+        result = self.result_path(key)
+        tmp = entry / (RESULT_FILE + ".tmp")
+        if work.resolve() != result.resolve():
             shutil.copyfile(work, tmp)
-            os.replace(tmp, self.result_path(key))
+        else:
+            os.replace(result, tmp)
+        meta = {**dict(meta), CHECKSUM: sha256_of(tmp)}
+        (entry / (META_FILE + ".tmp")).write_text(json.dumps(meta, indent=2, default=str))
+        os.replace(entry / (META_FILE + ".tmp"), entry / META_FILE)
+        os.replace(tmp, result)
 
     def invalidate(self, key: str) -> None:
         """Forget a result (``--no-cache``): the next request recomputes it."""

@@ -27,7 +27,7 @@ from pathlib import Path
 
 from occstudy.tracking import default_tracking_uri
 
-__all__ = ["DEFAULT_STORAGE", "StudyLayout"]
+__all__ = ["DEFAULT_STORAGE", "StudyLayout", "storage_problem"]
 
 #: Storage root when a launch names none (relative to the working directory).
 DEFAULT_STORAGE = "occstudy-runs"
@@ -37,6 +37,31 @@ LAUNCHES_FILE = "launches.json"
 MLFLOW_DB = "mlflow.db"
 REPORT_DIR = "report"
 ARTIFACTS_DIR = "mlartifacts"
+
+
+def storage_problem(storage: str | os.PathLike[str] | None) -> str | None:
+    """Why ``storage`` cannot be a storage root, or None.
+
+    The storage root must be a folder every node sees (a local disk on one machine; NFS,
+    EFS, a CephFS or a mounted bucket on a cluster): the pretext cache takes file locks so that
+    two trials never compute the same pretext twice, checkpoints are renamed into place
+    atomically, and the embedded MLflow store is a SQLite file. An object store URI offers none
+    of these, so ``s3://``, ``gs://``... are refused here rather than half-working.
+    """
+    if storage is None:
+        return None
+    text = os.fspath(storage)
+    if "://" in text:
+        scheme = text.split("://", 1)[0]
+        return (
+            f"--storage {text}: a {scheme}:// URI is not supported; the storage root must be a "
+            "folder every node sees (the pretext cache locks files, checkpoints are renamed "
+            "into place): use a shared file system, or mount the bucket (e.g. s3fs, mountpoint-s3)"
+        )
+    path = Path(text).expanduser()
+    if path.exists() and not path.is_dir():
+        return f"--storage {text}: not a folder"
+    return None
 
 
 @dataclass(frozen=True)
@@ -51,9 +76,31 @@ class StudyLayout:
     storage: Path
     name: str
 
+    def __post_init__(self) -> None:
+        # The study's folder must lie inside the storage root, whatever name a user typed.
+        if (
+            not self.name
+            or self.name in (".", "..")
+            or "/" in self.name
+            or "\\" in self.name
+            or "\x00" in self.name
+        ):
+            raise ValueError(
+                f"study name {self.name!r}: not a folder name (it would point outside the "
+                f"storage root {self.storage})"
+            )
+
     @classmethod
     def of(cls, name: str, storage: str | os.PathLike[str] | None = None) -> StudyLayout:
-        """The layout of study ``name`` under ``storage`` (default :data:`DEFAULT_STORAGE`)."""
+        """The layout of study ``name`` under ``storage`` (default :data:`DEFAULT_STORAGE`).
+
+        Raises:
+            ValueError: for a URI (``s3://...``) or a path that is a file: the storage root is
+                a folder (see :func:`storage_problem`).
+        """
+        why = storage_problem(storage)
+        if why is not None:
+            raise ValueError(why)
         return cls(Path(storage or DEFAULT_STORAGE).expanduser().resolve(), name)
 
     @property

@@ -182,6 +182,11 @@ def run_study(study: Study, options: RunOptions | None = None) -> StudyOutcome:
     options = options or RunOptions()
     if options.smoke:
         study = study.smoke()
+    if options.address is None and options.device != "auto":
+        # Trials run on this machine: a device it lacks is an error now, not in every trial.
+        from occstudy.train import check_device
+
+        check_device(options.device)
     configure_environment(local=options.address is None)
     ctx, tasks = _open_launch(study, options)
     tracker = ctx.tracker()
@@ -310,6 +315,16 @@ def _stage1(
     if options.no_cache and not options.resume:
         for key in tasks:
             cache.invalidate(key)
+    for key in tasks:
+        with cache.lock(key):
+            moved = cache.heal(key)
+        if moved is not None:
+            print(
+                f"[pretext] cache entry {key} was not intact; set aside as {moved.name}, "
+                "computing it again",
+                file=sys.stderr,
+                flush=True,
+            )
     todo = sorted(k for k in tasks if not cache.has(k))
     outcome.pretext_cached = len(tasks) - len(todo)
     outcome.pretext_computed = len(todo)

@@ -109,7 +109,9 @@ DATA_ENV = "OCCSTUDY_DATA"
 #: about 8 threads a ResNet step on 48 px faces stops getting faster, so larger nodes run
 #: several trials side by side instead.
 AUTO_MAX_CPUS = 8
-_NAME_RE = re.compile(r"[A-Za-z0-9_.-]+")
+# A folder name under the storage root: no separators, and not "." or ".." (which would escape
+# it), so the first character is a letter or digit.
+_NAME_RE = re.compile(r"[A-Za-z0-9][A-Za-z0-9_.-]*")
 
 
 # ---------------------------------------------------------------------------------------------
@@ -434,7 +436,9 @@ class Study:
 
     def __post_init__(self) -> None:
         if not isinstance(self.name, str) or not _NAME_RE.fullmatch(self.name):
-            raise _err("Study.name", self.name, "must match [A-Za-z0-9_.-]+")
+            raise _err(
+                "Study.name", self.name, "must match [A-Za-z0-9][A-Za-z0-9_.-]* (a folder name)"
+            )
         for attr, cls in (
             ("pretext", PretextSpec),
             ("finetune", FinetuneSpec),
