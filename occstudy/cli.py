@@ -363,7 +363,7 @@ def cmd_run(args: argparse.Namespace) -> int:
     from occstudy.tracking import TrackingError, redact
 
     try:
-        study = _load_study(args.study, args.data_root)
+        study = _load_study(args.study, args.data_root, args.storage)
     except StudyError as exc:
         print(f"occstudy run: {exc}", file=sys.stderr)
         return 2
@@ -606,6 +606,13 @@ def cmd_ui(args: argparse.Namespace) -> int:
     layout = StudyLayout.of(study.name, args.storage)
     uri = layout.tracking_uri(args.tracking_uri)
     if not uri.startswith("sqlite:"):
+        from occstudy.tracking import TrackingError, check_reachable
+
+        try:
+            check_reachable(uri)
+        except TrackingError as exc:
+            print(f"occstudy ui: {exc}", file=sys.stderr)
+            return 2
         shown = redact(uri)
         print(f"this study logs to a tracking server: open {shown}")
         if uri.startswith(("http://", "https://")):
@@ -729,13 +736,19 @@ def cmd_train(args: argparse.Namespace) -> int:
     from occstudy.evaluate import format_table
     from occstudy.pipeline import DataRef, Hooks, MethodConfig, run_method
 
+    def parse(option: str, text: str) -> DataRef:
+        try:
+            return DataRef.parse(text)
+        except ValueError as exc:
+            raise ValueError(f"{option} {text!r}: {exc}") from None
+
     try:
         config = MethodConfig(
-            data=DataRef.parse(args.data),
+            data=parse("--data", args.data),
             variant=args.variant,
             # Repeated --pretext-data concatenates sources; none given: the built-in faces.
             pretext_data=tuple(args.pretext_data or ("synthetic-faces",)),
-            real_occlusion=tuple(DataRef.parse(r) for r in args.real_occlusion),
+            real_occlusion=tuple(parse("--real-occlusion", r) for r in args.real_occlusion),
             image_size=args.image_size,
             recipe=args.recipe,
             arch=args.arch,

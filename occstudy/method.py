@@ -310,12 +310,19 @@ class DataRef:
     def parse(text: str) -> DataRef:
         """Parse ``NAME[:ROOT][@SPLIT][?KEY=VALUE&...]`` (the inverse of :meth:`__str__`)."""
         text, _, query = text.partition("?")
-        name, _, rest = text.partition(":")
-        root, _, split = rest.rpartition("@") if "@" in rest else (rest, "", "")
+        name, colon, rest = text.partition(":")
+        if "@" in name:  # NAME@SPLIT without a root
+            name, _, rest = name.partition("@")
+            rest = "@" + rest
+        root, at, split = rest.rpartition("@") if "@" in rest else (rest, "", "")
+        if colon and not root:
+            raise ValueError(f"{text!r}: empty ROOT after ':' (NAME:ROOT[@SPLIT])")
+        if at and not split:
+            raise ValueError(f"{text!r}: empty SPLIT after '@' (NAME:ROOT[@SPLIT])")
         options: list[tuple[str, Any]] = []
         for item in filter(None, query.split("&")):
             k, _, v = item.partition("=")
-            options.append((k, int(v) if v.lstrip("-").isdigit() else v))
+            options.append((k, int(v) if v.lstrip("-").isdecimal() and v.isascii() else v))
         return DataRef(name=name, root=root or None, split=split or None, options=tuple(options))
 
     def __str__(self) -> str:

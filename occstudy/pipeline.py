@@ -760,12 +760,13 @@ def run_method(
     hooks = hooks or Hooks()
     runtime = Runtime.auto(config.device)
     out = Path(out_dir) if out_dir is not None else None
-    if out is not None:
-        out.mkdir(parents=True, exist_ok=True)
     seconds: dict[str, float] = {}
     t0 = time.perf_counter()
     data = data or load_method_data(config)
     seconds["load"] = time.perf_counter() - t0
+    if out is not None:
+        # Only once the data loaded: bad data leaves nothing behind.
+        out.mkdir(parents=True, exist_ok=True)
     pretext_state = None
     pretext_history: list[dict[str, float]] = []
     if data.pretext is not None:

@@ -90,6 +90,11 @@ def get_recipe(recipe: str | Recipe) -> Recipe:
     """
     if isinstance(recipe, Recipe):
         return recipe
+    if not isinstance(recipe, str):
+        raise ValueError(
+            f"recipe must be a name ({', '.join(RECIPES)}) or a Recipe, not a "
+            f"{type(recipe).__name__}"
+        )
     if recipe not in RECIPES:
         raise ValueError(f"unknown recipe {recipe!r}; valid: {', '.join(RECIPES)}")
     return RECIPES[recipe]

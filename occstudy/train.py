@@ -521,6 +521,21 @@ def save_checkpoint(
     return path
 
 
+def _one_line_reason(exc: BaseException) -> str:
+    """The gist of a torch.load failure on one line (torch's own text runs to many lines of
+    advice about ``weights_only``; an empty file gives an EOFError without a message)."""
+    if isinstance(exc, EOFError):
+        return "the file is empty or cut short (EOFError)"
+    lines = [ln.strip() for ln in str(exc).splitlines() if ln.strip()]
+    if not lines:
+        return type(exc).__name__
+    if lines[0].startswith("Weights only load failed"):
+        # What the unpickler tripped on is on a later line; torch's advice is not ours to give.
+        detail = next((ln for ln in lines[1:] if "Unsupported" in ln or "Error" in ln), "")
+        return "not a torch checkpoint" + (f" ({detail})" if detail else "")
+    return f"{type(exc).__name__}: {lines[0]}"
+
+
 def load_checkpoint(
     path: str | os.PathLike[str], map_location: str | torch.device = "cpu"
 ) -> dict[str, Any]:
@@ -536,7 +551,9 @@ def load_checkpoint(
     try:
         state = torch.load(path, map_location=map_location, weights_only=True)
     except Exception as exc:  # torch raises several types for corrupt/foreign files
-        raise ValueError(f"{path} is not a readable occstudy checkpoint: {exc}") from None
+        raise ValueError(
+            f"{path} is not a readable occstudy checkpoint: {_one_line_reason(exc)}"
+        ) from None
     if (
         not isinstance(state, dict)
         or state.get("format") != CHECKPOINT_FORMAT

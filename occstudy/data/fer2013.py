@@ -99,13 +99,40 @@ def class_folder_index(
                 f"{sorted(k for k, v in mapping.items() if v in classes)}"
             )
         label = classes.index(mapping[entry.name])
+        before = len(paths)
         for f in visible_entries(Path(entry.path)):
             if f.is_file() and is_image(f.name):
                 paths.append(Path(f.path))
                 labels.append(label)
+        if len(paths) == before:
+            # An empty class folder is a copy gone wrong, not a class without images.
+            raise DataError(f"{split_dir / entry.name}: class folder has no images")
     if not paths:
         raise DataError(f"{split_dir}: no images found in class folders")
     return Index(name=name, classes=classes, label_space=space, paths=paths, labels=labels)
+
+
+def _parse_row(
+    csv_path: Path, line: int, emotion_text: str, pixel_text: str
+) -> tuple[int, np.ndarray]:
+    """One row's emotion id and (48, 48) uint8 pixels; DataError naming the line and value."""
+    where = f"{csv_path}:{line}"
+    try:
+        emotion = int(emotion_text)
+    except ValueError:
+        raise DataError(f"{where}: emotion {emotion_text!r} is not an integer") from None
+    if not 0 <= emotion < len(FER2013_CSV_IDS):
+        raise DataError(f"{where}: emotion {emotion} not in 0..6")
+    values = pixel_text.split()
+    if len(values) != 48 * 48:
+        raise DataError(f"{where}: pixels must be 2304 ints in 0..255, got {len(values)} values")
+    for text in values:
+        # Only the first bad value is named; int() also takes what numpy would overflow on.
+        if not text.isdigit() or int(text) > 255:
+            if text.lstrip("-").isdigit():
+                raise DataError(f"{where}: pixel value {text} not in 0..255")
+            raise DataError(f"{where}: pixel value {text!r} is not an integer")
+    return emotion, np.array(values, dtype=np.int64).astype(np.uint8).reshape(48, 48)
 
 
 def _load_csv(csv_path: Path, split: str) -> FaceSet:
@@ -117,22 +144,19 @@ def _load_csv(csv_path: Path, split: str) -> FaceSet:
             missing = {"emotion", "pixels", "Usage"} - set(reader.fieldnames or ())
             if missing:
                 raise DataError(f"{csv_path}: missing column(s) {sorted(missing)}")
+            n_fields = len(reader.fieldnames or ())
             for line, row in enumerate(reader, start=2):
+                got = sum(v is not None for k, v in row.items() if k is not None)
+                if got != n_fields or None in row:
+                    # A short (or long) row: csv fills the missing fields with None.
+                    extra = len(row.get(None) or ())  # type: ignore[call-overload]
+                    raise DataError(
+                        f"{csv_path}:{line}: expected {n_fields} fields, got {got + extra}"
+                    )
                 if row["Usage"] != split:
                     continue
-                try:
-                    emotion = int(row["emotion"])
-                    pixels = np.array(row["pixels"].split(), dtype=np.int64)
-                except ValueError:
-                    raise DataError(f"{csv_path}:{line}: non-integer emotion or pixels") from None
-                if not 0 <= emotion < len(FER2013_CSV_IDS):
-                    raise DataError(f"{csv_path}:{line}: emotion {emotion} not in 0..6")
-                if pixels.size != 48 * 48 or pixels.min() < 0 or pixels.max() > 255:
-                    raise DataError(
-                        f"{csv_path}:{line}: pixels must be 2304 ints in 0..255, "
-                        f"got {pixels.size} values"
-                    )
-                images.append(pixels.astype(np.uint8).reshape(48, 48))
+                emotion, pixels = _parse_row(csv_path, line, row["emotion"], row["pixels"])
+                images.append(pixels)
                 labels.append(EMOTIONS7.index(FER2013_CSV_IDS[emotion]))
     except OSError as exc:
         raise DataError(f"{csv_path}: cannot read ({exc.strerror or exc})") from None

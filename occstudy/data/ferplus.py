@@ -104,6 +104,13 @@ def read_label_csv(path: Path) -> tuple[list[str], np.ndarray]:
                     counts = [int(v) for v in row[2:]]
                 except ValueError:
                     raise DataError(f"{path}:{line}: vote counts must be integers") from None
+                for count in counts:
+                    if count < 0:
+                        raise DataError(
+                            f"{path}:{line}: vote counts must be integers >= 0, got {count}"
+                        )
+                    if count > 10**6:  # FER+ has 10 annotators; this also keeps int64 safe
+                        raise DataError(f"{path}:{line}: vote count {count} out of range")
                 names.append(row[0].strip())
                 rows.append(counts)
     except OSError as exc:
@@ -297,6 +304,8 @@ def challenge_index(root: Path | None, dataset: str, split: str, opts: dict[str,
                 name = Path(name).stem + ".png"  # the list says .jpg; FER+ ships PNGs
             labels.append(_list_label(prefix, where))
             names.append(name)
+    if not names:
+        raise DataError(f"{list_file}: the list names no images")
     paths = [test_dir / n for n in names]
     for p in paths:
         if not p.is_file():

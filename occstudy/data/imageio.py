@@ -134,7 +134,13 @@ def decode_image(
             return np.asarray(out, dtype=np.uint8)
     except FileNotFoundError:
         raise DataError(f"{path}: image file not found") from None
-    except (UnidentifiedImageError, OSError, SyntaxError, ValueError) as exc:
+    except (
+        UnidentifiedImageError,
+        OSError,
+        SyntaxError,
+        ValueError,
+        Image.DecompressionBombError,  # not an OSError: a huge declared size, never decoded
+    ) as exc:
         raise DataError(f"{path}: cannot decode image ({type(exc).__name__}: {exc})") from None
 
 

@@ -412,6 +412,8 @@ def build_report(
     if db is not None and not db.is_file():
         # MLflow would create an empty store there: a report only reads.
         raise ReportError(f"no MLflow store at {db}: run the study first")
+    if db is None:
+        tracking.check_reachable(uri)  # fail at once, not after MLflow's minutes of retries
     runs = collect_runs(uri, info.name, launch=launch, known_launches=layout.launches())
     reader = ArtifactReader(uri)
     try:

@@ -97,6 +97,34 @@ def resolve_resources(study: Study) -> Study:
     return study if resources == study.resources else replace(study, resources=resources)
 
 
+def check_ray_address(address: str | None, timeout_s: float = 5.0) -> None:
+    """Fail at once, before anything is written, when nothing answers at a Ray address
+    (``ray.init`` would otherwise wait about a minute and then fail with a traceback).
+
+    ``None`` (start Ray locally), ``auto`` and ``local`` are not checked.
+
+    Raises:
+        StudyError: naming the address and why it cannot be reached.
+    """
+    import socket
+
+    if address is None or address in ("auto", "local"):
+        return
+    hostport = address.split("://", 1)[-1].rstrip("/")
+    host, _, port_text = hostport.rpartition(":")
+    if not host or not port_text.isdigit():
+        raise StudyError(f"--address {address}: expected HOST:PORT, ray://HOST:PORT or auto")
+    try:
+        with socket.create_connection((host.strip("[]"), int(port_text)), timeout=timeout_s):
+            pass
+    except OSError as exc:
+        raise StudyError(
+            f"--address {address}: no Ray cluster answers there "
+            f"({exc.strerror or type(exc).__name__}); start one with `ray start --head`, or "
+            "drop --address to run on a local Ray"
+        ) from None
+
+
 def check_gpus(resources: Resources, node_gpus: float, n_nodes: int) -> None:
     """Refuse GPU requests the cluster can never meet (Ray would leave the trials pending
     forever): GPUs on a cluster without any, or more per worker than the largest node has.

@@ -36,6 +36,7 @@ from occstudy import tracking
 from occstudy.report import ablation_markdown
 from occstudy.study.cache import PretextCache
 from occstudy.study.environment import (
+    check_ray_address,
     configure_environment,
     ray_session,
     resolve_resources,
@@ -182,6 +183,7 @@ def run_study(study: Study, options: RunOptions | None = None) -> StudyOutcome:
     options = options or RunOptions()
     if options.smoke:
         study = study.smoke()
+    check_ray_address(options.address)
     if options.address is None and options.device != "auto":
         # Trials run on this machine: a device it lacks is an error now, not in every trial.
         from occstudy.train import check_device

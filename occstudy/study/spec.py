@@ -800,6 +800,8 @@ class Study:
                 }
             else:
                 kwargs[key] = tuple(value) if isinstance(value, list) else value
+        if "name" not in kwargs:
+            raise _err("Study.name", None, "missing (every study has a name)")
         return Study(**kwargs)
 
 

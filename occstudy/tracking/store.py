@@ -205,6 +205,21 @@ def _check_sqlite(uri: str) -> None:
         raise TrackingError(f"The MLflow store {redact(uri)} is not writable ({target}).")
 
 
+#: Tracking URI schemes MLflow serves (a database scheme may carry a driver: ``+psycopg2``).
+_SCHEMES = (
+    "http",
+    "https",
+    "sqlite",
+    "file",
+    "postgresql",
+    "mysql",
+    "mssql",
+    "databricks",
+    "databricks-uc",
+    "uc",
+)
+
+
 def check_reachable(uri: str, timeout_s: float = 5.0) -> None:
     """Fail fast, before any training, when the tracking store cannot be used.
 
@@ -217,6 +232,12 @@ def check_reachable(uri: str, timeout_s: float = 5.0) -> None:
         TrackingError: With a message naming the (redacted) URI and the reason.
     """
     scheme = urllib.parse.urlsplit(uri).scheme.lower()
+    base = scheme.split("+", 1)[0]  # postgresql+psycopg2 -> postgresql
+    if scheme and base not in _SCHEMES and len(scheme) > 1:  # "C:\\..." is a Windows path
+        raise TrackingError(
+            f"--tracking-uri {redact(uri)!r}: unsupported scheme {scheme!r} (use http(s)://, "
+            "sqlite:///, file: or a folder)"
+        )
     if scheme in ("http", "https"):
         _check_http(uri, timeout_s)
     elif scheme == "sqlite":
