@@ -103,6 +103,8 @@ def view_state(
         "hideEmptyCharts": True,
     }
     if by_variant:
+        # Accuracy charts first (val_acc per epoch, test.<protocol>.acc), not throughput & co.
+        state["chartsSearchFilter"] = "acc"
         state["groupBy"] = {
             "aggregateFunction": "average",
             "groupByKeys": [{"mode": "param", "groupByData": "variant"}],
