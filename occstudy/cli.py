@@ -400,13 +400,15 @@ def cmd_run(args: argparse.Namespace) -> int:
     except (TrackingError, StudyError) as exc:
         print(f"occstudy run: {exc}", file=sys.stderr)
         return 2
-    except KeyboardInterrupt:
+    except KeyboardInterrupt as exc:
         print(
             f"\noccstudy run: interrupted; the launch and its unfinished runs are marked KILLED "
             f"in MLflow. Continue with:\n  {_resume_command()}",
             file=sys.stderr,
         )
-        return 128 + (received[0] if received else 2)  # 130 for SIGINT, 143 for SIGTERM
+        # 130 for SIGINT (Ctrl-C), 143 for SIGTERM, 129 for SIGHUP.
+        signum = getattr(exc, "signum", None) or (received[0] if received else 2)
+        return 128 + int(signum)
     print()
     print(outcome.table)
     print(

@@ -35,6 +35,7 @@ GRID_SIZES = {
     "quickstart": 4,
     "paper_ablation": 4 * 3,
     "paper_ablation_cpu": 4 * 3,
+    "paper_ablation_gpu": 4 * 3,
     "lambda_sensitivity": 4 * 3,
     "hpo": 1,
     "ckplus_10fold": 4 * 10,

@@ -325,12 +325,14 @@ def test_signals_stop_each_stage_and_resume_finishes_without_repeating_work(tmp_
             return []
         return tracking.find_runs(uri, "sig", kind=kind, status=status)
 
-    def interrupted(extra: list[str], signum: int, ready, what: str) -> None:
+    def interrupted(extra: list[str], signum: int, markers: tuple[str, ...], what: str) -> None:
+        # Wait on the driver's own progress lines, not on MLflow: opening the store while the
+        # driver creates it would race its schema migration.
         err = tmp_path / f"stderr-{signum}.txt"
         with open(err, "w") as fh:
             proc = subprocess.Popen([*cmd, *extra], env=env, stdout=subprocess.DEVNULL, stderr=fh)
             try:
-                _wait_for(ready, what, proc)
+                _wait_for(lambda: any(m in err.read_text() for m in markers), what, proc)
                 proc.send_signal(signum)
                 code = proc.wait(timeout=180)
             finally:
@@ -344,14 +346,10 @@ def test_signals_stop_each_stage_and_resume_finishes_without_repeating_work(tmp_
         assert runs("pretext", "RUNNING") == [] and runs("finetune", "RUNNING") == []
 
     # Stage 1: Ctrl-C while the pretext job trains.
-    interrupted([], signal.SIGINT, lambda: bool(runs("pretext", "RUNNING")), "the pretext job")
+    interrupted([], signal.SIGINT, ("] started pretext-",), "the pretext job")
     # Stage 2 of the resumed launch: SIGTERM once a fine-tune trial has finished.
-    interrupted(
-        ["--resume"],
-        signal.SIGTERM,
-        lambda: bool(runs("finetune", "FINISHED")),
-        "a finished fine-tune trial",
-    )
+    finetune_done = ("] finished none_", "] finished ss_")  # trial names start with the variant
+    interrupted(["--resume"], signal.SIGTERM, finetune_done, "a finished fine-tune trial")
     done = subprocess.run([*cmd, "--resume"], env=env, capture_output=True, text=True, timeout=900)
     assert done.returncode == 0, done.stderr[-3000:]
     (parent,) = runs("study")

@@ -36,6 +36,9 @@ def configure_environment(local: bool) -> None:
     # Tune's own console table would interleave with occstudy's progress lines.
     os.environ.setdefault("RAY_AIR_NEW_OUTPUT", "1")
     os.environ.setdefault("TUNE_DISABLE_AUTO_CALLBACK_LOGGERS", "1")
+    # The runner stops Tune itself on SIGINT/SIGTERM/SIGHUP (runner._Stopper): Tune's own
+    # SIGINT handler would end fit() as if every trial had finished.
+    os.environ["TUNE_DISABLE_SIGINT_HANDLER"] = "1"
     if local:
         os.environ.setdefault("RAY_ENABLE_WINDOWS_OR_OSX_CLUSTER", "0")
         os.environ.setdefault("RAY_AUTH_MODE", "disabled")

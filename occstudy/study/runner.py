@@ -17,10 +17,14 @@ lives in :mod:`occstudy.study.environment`, the progress lines in
 
 from __future__ import annotations
 
+import contextlib
 import json
+import os
+import signal
 import sys
+import threading
 import time
-from collections.abc import Callable, Mapping
+from collections.abc import Callable, Iterator, Mapping
 from dataclasses import dataclass, field, replace
 from pathlib import Path
 from typing import Any
@@ -154,6 +158,60 @@ def _result_loggers() -> list[Any]:
     return [JsonLoggerCallback(), CSVLoggerCallback()]
 
 
+class StudyInterrupted(KeyboardInterrupt):
+    """The study was stopped by a signal (``signum``: SIGINT, SIGTERM or SIGHUP)."""
+
+    def __init__(self, signum: int, detail: str = "") -> None:
+        super().__init__(detail or signal.Signals(signum).name)
+        self.signum = signum
+
+
+class _Stopper:
+    """Turns SIGINT, SIGTERM and SIGHUP into a clean stop of the study.
+
+    Inside a Tune ``fit()`` the first signal is handed to Tune as SIGUSR1, its graceful stop
+    (trials stopped, experiment state saved for ``--resume``); ``fit()`` then returns and
+    :meth:`check` raises :class:`StudyInterrupted`. Tune's own SIGINT handler is off
+    (``TUNE_DISABLE_SIGINT_HANDLER``) because it ends ``fit()`` as if the trials had finished,
+    so a Ctrl-C in stage 1 would carry on into stage 2. Outside a fit, or on a second signal,
+    the signal raises at once.
+    """
+
+    SIGNALS = (signal.SIGINT, signal.SIGTERM, signal.SIGHUP)
+
+    def __init__(self) -> None:
+        self.received: list[int] = []
+        self.in_fit = False
+
+    def _handle(self, signum: int, _frame: Any) -> None:
+        first = not self.received
+        self.received.append(signum)
+        if self.in_fit and first and hasattr(signal, "SIGUSR1"):
+            os.kill(os.getpid(), signal.SIGUSR1)
+            return
+        raise StudyInterrupted(self.received[0])
+
+    @contextlib.contextmanager
+    def installed(self) -> Iterator[_Stopper]:
+        if threading.current_thread() is not threading.main_thread():
+            yield self  # signals are only delivered to the main thread
+            return
+        previous = {sig: signal.signal(sig, self._handle) for sig in self.SIGNALS}
+        try:
+            yield self
+        finally:
+            for sig, handler in previous.items():
+                signal.signal(sig, handler)
+
+    def check(self) -> None:
+        """Raise :class:`StudyInterrupted` if a stop signal arrived."""
+        if self.received:
+            raise StudyInterrupted(self.received[0])
+
+
+_STOPPER = _Stopper()
+
+
 def _fit(
     make_tuner: Callable[[], Any],
     trainable: Any,
@@ -172,7 +230,13 @@ def _fit(
         )
     else:
         tuner = make_tuner()
-    return tuner.fit()
+    _STOPPER.in_fit = True
+    try:
+        results = tuner.fit()
+    finally:
+        _STOPPER.in_fit = False
+    _STOPPER.check()
+    return results
 
 
 def run_study(study: Study, options: RunOptions | None = None) -> StudyOutcome:
@@ -201,9 +265,14 @@ def run_study(study: Study, options: RunOptions | None = None) -> StudyOutcome:
         launch=ctx.launch,
     )
     start = time.perf_counter()
+    _STOPPER.received.clear()
     try:
-        with ray_session(
-            options.address, options.num_cpus, needs_dashboard=study.resources.use_ray_train
+        # Handlers after Ray starts: ray.init installs its own SIGTERM handler (which aborts).
+        with (
+            ray_session(
+                options.address, options.num_cpus, needs_dashboard=study.resources.use_ray_train
+            ),
+            _STOPPER.installed(),
         ):
             ctx = replace(ctx, study=resolve_resources(study))
             plan = _launch_plan(ctx, options)
