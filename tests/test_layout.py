@@ -56,3 +56,20 @@ def test_storage_must_be_a_folder_not_a_uri_or_a_file(tmp_path, capsys) -> None:
     afile.write_text("")
     assert main(["status", "quickstart", "--storage", str(afile)]) == 2
     assert capsys.readouterr().err == f"occstudy status: --storage {afile}: not a folder\n"
+
+
+def test_a_second_launch_of_a_running_study_is_refused(tmp_path) -> None:
+    import fcntl
+
+    from occstudy.study import RunOptions, Study, StudyError, run_study
+
+    layout = StudyLayout.of("busy", tmp_path)
+    layout.study_dir.mkdir(parents=True)
+    with open(layout.study_dir / ".launch.lock", "a+") as held:
+        # What a running launch holds (another process, or another node on shared storage).
+        fcntl.flock(held.fileno(), fcntl.LOCK_EX | fcntl.LOCK_NB)
+        held.write("pid 4242 on node-a")
+        held.flush()
+        with pytest.raises(StudyError, match=r"study 'busy' is already running in .*pid 4242"):
+            run_study(Study(name="busy"), RunOptions(storage=str(tmp_path), progress=False))
+    assert layout.launches() == [] and not layout.study_file.exists()  # refused before writing

@@ -50,7 +50,7 @@ from occstudy.study.layout import StudyLayout
 from occstudy.study.plan import StudyPlan, plan_pretext, plan_study
 from occstudy.study.progress import Progress
 from occstudy.study.space import LogUniform
-from occstudy.study.spec import Study
+from occstudy.study.spec import Study, StudyError
 from occstudy.study.trainables import (
     StudyContext,
     finetune_trainable,
@@ -254,6 +254,48 @@ def run_study(study: Study, options: RunOptions | None = None) -> StudyOutcome:
 
         check_device(options.device)
     configure_environment(local=options.address is None)
+    layout = StudyLayout.of(study.name, options.storage)
+    tracking.check_reachable(layout.tracking_uri(options.tracking_uri))  # before writing anything
+    with _one_launch_at_a_time(layout):
+        return _run_launch(study, options)
+
+
+@contextlib.contextmanager
+def _one_launch_at_a_time(layout: StudyLayout) -> Iterator[None]:
+    """Hold ``<study dir>/.launch.lock`` for the whole launch: a second launch of the same study
+    in the same storage (another terminal, another node on shared storage) is refused before it
+    writes anything, instead of both writing the same trials. The lock goes with the process,
+    so a crashed or killed driver never leaves it behind.
+
+    Raises:
+        StudyError: naming the study, the storage and the process holding the lock.
+    """
+    import fcntl
+
+    layout.study_dir.mkdir(parents=True, exist_ok=True)
+    path = layout.study_dir / ".launch.lock"
+    with open(path, "a+") as fh:
+        try:
+            fcntl.flock(fh.fileno(), fcntl.LOCK_EX | fcntl.LOCK_NB)
+        except BlockingIOError:
+            fh.seek(0)
+            holder = fh.read().strip() or "another process"
+            raise StudyError(
+                f"study {layout.name!r} is already running in {layout.storage} ({holder} holds "
+                f"{path}); wait for it to end or stop it, then --resume continues it"
+            ) from None
+        fh.seek(0)
+        fh.truncate()
+        fh.write(f"pid {os.getpid()} on {os.uname().nodename}")
+        fh.flush()
+        try:
+            yield
+        finally:
+            fcntl.flock(fh.fileno(), fcntl.LOCK_UN)
+
+
+def _run_launch(study: Study, options: RunOptions) -> StudyOutcome:
+    """The launch itself (under the study's launch lock): open, both stages, close."""
     ctx, tasks = _open_launch(study, options)
     tracker = ctx.tracker()
     outcome = StudyOutcome(
