@@ -9,10 +9,9 @@ entry point that trains has ``--smoke``.
 from __future__ import annotations
 
 import argparse
-import contextlib
 import json
 import sys
-from collections.abc import Iterator, Mapping, Sequence
+from collections.abc import Mapping, Sequence
 from dataclasses import replace
 from typing import Any
 
@@ -316,38 +315,6 @@ def _with_resources(study: Any, workers: int | None, gpus_per_trial: float | Non
     return replace(study, resources=new)
 
 
-@contextlib.contextmanager
-def _interrupt_on_sigterm(received: list[int]) -> Iterator[None]:
-    """Within the block, SIGTERM (and SIGHUP) stop the study like Ctrl-C does (a
-    ``KeyboardInterrupt``, so the launch is closed and marked KILLED) instead of ending the
-    process on the spot; the signal number is appended to ``received``."""
-    import signal
-
-    def interrupt(signum: int, _frame: Any) -> None:
-        if not received:
-            received.append(signum)
-        raise KeyboardInterrupt(signal.Signals(signum).name)
-
-    def note_sigint(signum: int, frame: Any) -> None:
-        if not received:
-            received.append(signum)
-        signal.default_int_handler(signum, frame)
-
-    previous = {
-        sig: signal.signal(sig, handler)
-        for sig, handler in (
-            (signal.SIGTERM, interrupt),
-            (signal.SIGHUP, interrupt),
-            (signal.SIGINT, note_sigint),
-        )
-    }
-    try:
-        yield
-    finally:
-        for sig, handler in previous.items():
-            signal.signal(sig, handler)
-
-
 def _resume_command() -> str:
     """The command line of this process with ``--resume`` (added once)."""
     import shlex
@@ -393,9 +360,10 @@ def cmd_run(args: argparse.Namespace) -> int:
         except ValueError as exc:
             print(f"occstudy run: {exc}", file=sys.stderr)
             return 2
-    received: list[int] = []
+    from occstudy.study.runner import stop_on_signals
+
     try:
-        with _interrupt_on_sigterm(received):
+        with stop_on_signals():
             outcome = run_study(study, options)
     except (TrackingError, StudyError) as exc:
         print(f"occstudy run: {exc}", file=sys.stderr)
@@ -407,8 +375,7 @@ def cmd_run(args: argparse.Namespace) -> int:
             file=sys.stderr,
         )
         # 130 for SIGINT (Ctrl-C), 143 for SIGTERM, 129 for SIGHUP.
-        signum = getattr(exc, "signum", None) or (received[0] if received else 2)
-        return 128 + int(signum)
+        return 128 + int(getattr(exc, "signum", 2))
     print()
     print(outcome.table)
     print(

@@ -212,6 +212,13 @@ class _Stopper:
 _STOPPER = _Stopper()
 
 
+def stop_on_signals() -> contextlib.AbstractContextManager[_Stopper]:
+    """SIGINT, SIGTERM and SIGHUP stop the study within the block (a :class:`StudyInterrupted`
+    naming the signal); ``run_study`` installs the same handlers again once Ray has started,
+    since ``ray.init`` replaces the SIGTERM handler."""
+    return _STOPPER.installed()
+
+
 def _fit(
     make_tuner: Callable[[], Any],
     trainable: Any,
@@ -342,8 +349,7 @@ def _run_launch(study: Study, options: RunOptions) -> StudyOutcome:
 def _open_launch(study: Study, options: RunOptions) -> tuple[StudyContext, dict[str, PretextTask]]:
     """Record the launch (study file, launch name, parent MLflow run) and plan stage 1."""
     layout = StudyLayout.of(study.name, options.storage)
-    uri = layout.tracking_uri(options.tracking_uri)
-    tracking.check_reachable(uri)
+    uri = layout.tracking_uri(options.tracking_uri)  # checked by run_study before the lock
     layout.study_dir.mkdir(parents=True, exist_ok=True)
     layout.study_file.write_text(json.dumps(study.to_dict(), indent=2))
     launch = layout.start_launch(options.resume)
