@@ -8,23 +8,15 @@ Skipped when no Chromium binary exists (CI installs Debian's ``chromium`` first,
 from __future__ import annotations
 
 import re
-import shutil
-import subprocess
 from pathlib import Path
 
 import pytest
+from browser import ARTIFACTS, render, requires_chromium
 from test_report import Fixture, report_fixture
 
 from occstudy.report.render import sections
 
-CHROMIUM = shutil.which("chromium") or shutil.which("chromium-browser")
-REPO = Path(__file__).resolve().parents[1]
-ARTIFACTS = REPO / "test-artifacts"
-
-pytestmark = pytest.mark.skipif(
-    CHROMIUM is None,
-    reason="no chromium binary on PATH (install Debian's: apt-get install chromium)",
-)
+pytestmark = requires_chromium
 
 # Runs after every image has loaded or failed ("load" waits for both). The page's own
 # Content-Security-Policy forbids scripts; the probe copy allows inline ones only.
@@ -61,31 +53,21 @@ def test_page_is_self_contained(fx: Fixture) -> None:
 
 
 def test_chromium_renders_tables_and_every_image(fx: Fixture, tmp_path: Path) -> None:
-    assert CHROMIUM is not None
     page = fx.main.files["html"].read_text()
     probe = page.replace("script-src 'none'", "script-src 'unsafe-inline'")
     probe = probe.replace("</body>", PROBE + "\n</body>")
     probe_file = tmp_path / "probe.html"
     probe_file.write_text(probe)
-    ARTIFACTS.mkdir(exist_ok=True)
     shot = ARTIFACTS / "report-screenshot.png"
     shot.unlink(missing_ok=True)
-    cmd = [
-        CHROMIUM,
-        "--headless",
-        "--no-sandbox",
-        "--disable-gpu",
-        "--disable-dev-shm-usage",
-        "--no-first-run",
-        f"--user-data-dir={tmp_path / 'profile'}",
-        "--virtual-time-budget=10000",
-        "--window-size=1280,2000",
-        f"--screenshot={shot}",
-        "--dump-dom",
+    proc = render(
         probe_file.as_uri(),
-    ]
-    proc = subprocess.run(cmd, capture_output=True, text=True, timeout=120)
-    assert proc.returncode == 0, proc.stderr[-3000:]
+        profile=tmp_path / "profile",
+        shot=shot,
+        window="1280,2000",
+        budget_ms=10000,
+        timeout_s=120,
+    )
     dom = proc.stdout
     found = re.search(
         r'id="occstudy-probe" data-images="(\d+)" data-loaded="(\d+)" data-tables="(\d+)"', dom

@@ -9,7 +9,6 @@ Skipped when no Chromium binary exists (CI installs Debian's ``chromium`` first,
 from __future__ import annotations
 
 import os
-import shutil
 import signal
 import socket
 import subprocess
@@ -18,19 +17,12 @@ import time
 import urllib.request
 from pathlib import Path
 
-import pytest
+from browser import ARTIFACTS, render, requires_chromium
 
 from occstudy import tracking
 from occstudy.study.layout import StudyLayout
 
-CHROMIUM = shutil.which("chromium") or shutil.which("chromium-browser")
-REPO = Path(__file__).resolve().parents[1]
-ARTIFACTS = REPO / "test-artifacts"
-
-pytestmark = pytest.mark.skipif(
-    CHROMIUM is None,
-    reason="no chromium binary on PATH (install Debian's: apt-get install chromium)",
-)
+pytestmark = requires_chromium
 
 #: Trials of the study: name -> (variant, seed, test.clean.acc, test.r16.acc).
 TRIALS = {
@@ -81,24 +73,15 @@ def _free_port() -> int:
 
 
 def _render(url: str, profile: Path, shot: Path) -> str:
-    assert CHROMIUM is not None
-    cmd = [
-        CHROMIUM,
-        "--headless",
-        "--no-sandbox",
-        "--disable-gpu",
-        "--disable-dev-shm-usage",
-        "--no-first-run",
-        f"--user-data-dir={profile}",
-        "--virtual-time-budget=20000",
-        "--window-size=1600,1000",
-        f"--screenshot={shot}",
-        "--dump-dom",
+    proc = render(
         url,
-    ]
-    proc = subprocess.run(cmd, capture_output=True, text=True, timeout=180)
-    assert proc.returncode == 0, proc.stderr[-3000:]
-    shot.with_suffix(".html").write_text(proc.stdout)  # next to the screenshot, for a look
+        profile=profile,
+        shot=shot,
+        window="1600,1000",
+        budget_ms=20000,
+        timeout_s=180,
+        keep_dom=True,
+    )
     return proc.stdout
 
 
@@ -133,7 +116,6 @@ def test_the_printed_compare_view_shows_every_trial_and_its_test_accuracy(tmp_pa
             except OSError:
                 assert proc.poll() is None and time.monotonic() < deadline, "no MLflow server"
                 time.sleep(0.5)
-        ARTIFACTS.mkdir(exist_ok=True)
         dom = _render(urls["compare"], tmp_path / "p1", ARTIFACTS / "ui-compare.png")
         for name, (_, _, clean, r16) in TRIALS.items():
             assert name in dom, f"trial {name} not on the compare page"
