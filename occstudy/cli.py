@@ -361,6 +361,7 @@ def cmd_run(args: argparse.Namespace) -> int:
             print(f"occstudy run: {exc}", file=sys.stderr)
             return 2
     from occstudy.study.runner import stop_on_signals
+    from occstudy.train import StorageFullError
 
     try:
         with stop_on_signals():
@@ -368,6 +369,11 @@ def cmd_run(args: argparse.Namespace) -> int:
     except (TrackingError, StudyError) as exc:
         print(f"occstudy run: {exc}", file=sys.stderr)
         return 2
+    except StorageFullError as exc:
+        print(
+            f"occstudy run: {exc.strerror}. Continue with:\n  {_resume_command()}", file=sys.stderr
+        )
+        return 1
     except KeyboardInterrupt as exc:
         print(
             f"\noccstudy run: interrupted; the launch and its unfinished runs are marked KILLED "
@@ -704,6 +710,7 @@ class _Progress:
 def cmd_train(args: argparse.Namespace) -> int:
     from occstudy.evaluate import format_table
     from occstudy.pipeline import DataRef, Hooks, MethodConfig, run_method
+    from occstudy.train import StorageFullError
 
     def parse(option: str, text: str) -> DataRef:
         try:
@@ -767,6 +774,13 @@ def cmd_train(args: argparse.Namespace) -> int:
     except (ValueError, FileNotFoundError) as exc:
         print(f"occstudy train: {exc}", file=sys.stderr)
         return 2
+    except StorageFullError as exc:
+        print(
+            f"occstudy train: {exc.strerror}: the same command continues from the checkpoints "
+            f"in {args.out}",
+            file=sys.stderr,
+        )
+        return 1
     print(format_table(result.results))
     payload = {"metrics": result.summary(), "seconds": result.seconds, "config": config.to_dict()}
     text = json.dumps(payload, indent=2)

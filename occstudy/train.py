@@ -14,8 +14,10 @@ sees.
 from __future__ import annotations
 
 import contextlib
+import errno
 import math
 import os
+import shutil
 import time
 from collections.abc import Callable, Iterable, Mapping
 from dataclasses import dataclass
@@ -516,9 +518,57 @@ def save_checkpoint(
         MODEL_CONFIG_KEY: model_config.to_dict() if model_config is not None else None,
     }
     tmp = path.with_name(path.name + ".tmp")
-    torch.save(state, tmp)
-    os.replace(tmp, path)
+    try:
+        torch.save(state, tmp)
+        os.replace(tmp, path)
+    except (OSError, RuntimeError) as exc:
+        # A half-written temporary file would only take the space a retry needs.
+        tmp.unlink(missing_ok=True)
+        raise write_error(path, exc, _nbytes(state)) from None
     return path
+
+
+class StorageFullError(OSError):
+    """A file could not be written because its file system is full (or over quota); files
+    written before, such as the previous checkpoint, are intact."""
+
+
+def _nbytes(obj: Any) -> int:
+    """Bytes of the tensors in a (nested) checkpoint state."""
+    if isinstance(obj, Tensor):
+        return obj.numel() * obj.element_size()
+    if isinstance(obj, Mapping):
+        return sum(_nbytes(v) for v in obj.values())
+    if isinstance(obj, list | tuple):
+        return sum(_nbytes(v) for v in obj)
+    return 0
+
+
+def write_error(path: Path, exc: BaseException, needed: int) -> OSError:
+    """One-line error for a file that could not be written: :class:`StorageFullError` when its
+    file system is full or over quota (torch reports that only as "file write failed"), an
+    ``OSError`` naming the file and the reason otherwise.
+
+    Args:
+        path: The file being written.
+        exc: What the write raised.
+        needed: About how many bytes the file needs.
+    """
+    try:
+        free = shutil.disk_usage(path.parent).free
+    except OSError:
+        free = None
+    code = getattr(exc, "errno", None)
+    if code in (errno.ENOSPC, errno.EDQUOT) or (free is not None and free < needed):
+        room = f"{free / 2**20:.0f} MiB free, " if free is not None else ""
+        return StorageFullError(
+            errno.ENOSPC,
+            f"cannot write {path}: no space left on its file system ({room}about "
+            f"{needed / 2**20:.0f} MiB needed); earlier files are intact: free some space and "
+            "resume",
+        )
+    reason = str(exc).strip().splitlines()[0] if str(exc).strip() else type(exc).__name__
+    return OSError(code or errno.EIO, f"cannot write {path}: {reason}")
 
 
 def _one_line_reason(exc: BaseException) -> str:

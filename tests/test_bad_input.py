@@ -733,6 +733,19 @@ CASES: list[Case] = [
         )
         for cmd in ("report", "ui")
     ),
+    Case(
+        "status-tracking-wait-not-a-number",
+        (
+            "status",
+            "{t}/studies/ok.py",
+            "--tracking-uri",
+            "http://127.0.0.1:1",
+            "--storage",
+            "{t}/store",
+        ),
+        "occstudy status: OCCSTUDY_TRACKING_WAIT_S='soon': must be a number of seconds >= 0",
+        setup=lambda t: (launched(t), os.environ.update(OCCSTUDY_TRACKING_WAIT_S="soon")),
+    ),
     *(
         Case(
             f"{cmd}-tracking-unknown-scheme",

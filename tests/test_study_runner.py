@@ -1,16 +1,20 @@
 """A real tiny study end to end: Ray (local, 127.0.0.1) + Tune + MLflow (sqlite)."""
 
+import contextlib
 import json
 import os
+import shutil
 import signal
 import subprocess
 import sys
 import tempfile
 import time
+from collections.abc import Iterator
 from dataclasses import replace
 from pathlib import Path
 
 import pytest
+from mlflow_server import MlflowServer
 
 from occstudy import tracking
 from occstudy.study import (
@@ -290,6 +294,17 @@ def test_a_trial_whose_worker_dies_is_retried_from_its_last_checkpoint(tmp_path)
     )
     # Epoch 0 ran once: the retry resumed from last.pt instead of starting over.
     assert sorted(m.step for m in history) == [0, 1, 2]
+    # The same study uninterrupted: the resumed trial ends with the same numbers.
+    ref = run_study(replace(study, name="tiny-nofault"), RunOptions(storage=str(tmp_path)))
+    (ref_row,) = ref.rows
+    for key in ("test.clean.acc", "val_acc", "best_val_acc"):
+        assert row.metrics[key] == ref_row.metrics[key], key
+    (ref_run,) = tracking.find_runs(ref.tracking_uri, "tiny-nofault", kind="finetune")
+    ref_history = tracking.store._client(ref.tracking_uri).get_metric_history(
+        ref_run.info.run_id, "val_acc"
+    )
+    by_step = {m.step: m.value for m in history}
+    assert by_step == {m.step: m.value for m in ref_history}
 
 
 def _wait_for(predicate, what: str, proc: subprocess.Popen, timeout_s: float = 600) -> None:
@@ -365,3 +380,137 @@ def test_signals_stop_each_stage_and_resume_finishes_without_repeating_work(tmp_
     steps = [m.step for m in client.get_metric_history(pretext.info.run_id, "pretext.loss")]
     assert sorted(steps) == [0, 1], f"pretext epochs logged {steps}"
     _kill_processes_mentioning(ray_tmp)
+
+
+@pytest.mark.usefixtures("ray_loopback")
+def test_a_study_waits_for_a_stopped_mlflow_server_and_loses_no_metric(tmp_path) -> None:
+    """The MLflow server stops while a trial trains and comes back 10 s later on the same port
+    and database: the trial says it waits, the study finishes, every epoch's metrics and every
+    artifact of every trial are in MLflow."""
+    server = MlflowServer(tmp_path / "server")
+    server.folder.mkdir()
+    uri = server.start()
+    study_file = tmp_path / "outage_study.py"
+    study_file.write_text(
+        "from occstudy.study import FinetuneSpec, Resources, Study, TestSpec\n"
+        "study = Study(name='outage', image_size=32, batch_size=16, variants=('none',),\n"
+        "    seeds=(0, 1), finetune=FinetuneSpec(epochs=4, train_limit=192, synthetic_size=192),\n"
+        "    test=TestSpec(protocols=('clean',)), resources=Resources(max_concurrent=1))\n"
+    )
+    cmd = [sys.executable, "-m", "occstudy.cli", "run", str(study_file), "--storage"]
+    cmd += [str(tmp_path / "storage"), "--num-cpus", "2", "--tracking-uri", uri]
+    ray_tmp = tempfile.mkdtemp(prefix="ray-", dir="/tmp")
+    env = {**os.environ, "RAY_ENABLE_WINDOWS_OR_OSX_CLUSTER": "0", "RAY_TMPDIR": ray_tmp}
+    env["OCCSTUDY_TRACKING_WAIT_S"] = "300"
+    client = tracking.store._client(uri)
+
+    def first_epoch_logged() -> bool:
+        runs = tracking.find_runs(uri, "outage", kind="finetune")
+        return any(client.get_metric_history(r.info.run_id, "val_acc") for r in runs)
+
+    out = tmp_path / "output.txt"
+    try:
+        with open(out, "w") as fh:
+            proc = subprocess.Popen(cmd, env=env, stdout=fh, stderr=subprocess.STDOUT)
+            try:
+                _wait_for(first_epoch_logged, "a first epoch in MLflow", proc)
+                server.stop()
+                _wait_for(lambda: "is not answering" in out.read_text(), "the wait message", proc)
+                time.sleep(10)
+                server.start()
+                code = proc.wait(timeout=600)
+            finally:
+                if proc.poll() is None:
+                    proc.kill()
+        text = out.read_text()
+        assert code == 0, text[-3000:]
+        assert "answers again" in text, text[-3000:]
+        (parent,) = tracking.find_runs(uri, "outage", kind="study")
+        assert parent.info.status == "FINISHED"
+        trials = tracking.find_runs(uri, "outage", kind="finetune")
+        assert len(trials) == 2
+        for run in trials:
+            assert run.info.status == "FINISHED"
+            for key in ("val_acc", "images_per_s"):
+                steps = sorted(m.step for m in client.get_metric_history(run.info.run_id, key))
+                assert steps == [0, 1, 2, 3], f"{run.info.run_name} {key}: epochs logged {steps}"
+            artifacts = {a.path for a in client.list_artifacts(run.info.run_id, "checkpoints")}
+            assert "checkpoints/best.pt" in artifacts
+            assert client.list_artifacts(run.info.run_id, "confusion")
+    finally:
+        server.stop()
+        _kill_processes_mentioning(ray_tmp)
+
+
+@contextlib.contextmanager
+def _small_disk(folder: Path, size_mb: int) -> Iterator[Path]:
+    """A tmpfs of ``size_mb`` MiB mounted on ``folder`` (root only), unmounted afterwards."""
+    folder.mkdir()
+    done = subprocess.run(
+        ["mount", "-t", "tmpfs", "-o", f"size={size_mb}m", "tmpfs", str(folder)],
+        capture_output=True,
+        text=True,
+    )
+    if done.returncode != 0:
+        pytest.skip(f"cannot mount a small tmpfs to fill (needs root): {done.stderr.strip()}")
+    try:
+        yield folder
+    finally:
+        subprocess.run(["umount", "-l", str(folder)], check=False)
+
+
+@pytest.mark.usefixtures("ray_loopback")
+def test_a_full_disk_stops_the_study_clearly_and_resume_finishes_it(tmp_path) -> None:
+    """The study's storage (checkpoints and the embedded MLflow store) fills up after a trial's
+    first epoch: the study stops with one line naming the file and the free space, exit 1; the
+    earlier checkpoint is intact and no half-written file is left; once there is space again,
+    --resume finishes the trial from that checkpoint, every epoch logged once."""
+    from occstudy.train import load_checkpoint
+
+    study_file = tmp_path / "full_study.py"
+    study_file.write_text(
+        "from occstudy.study import FinetuneSpec, Resources, Study, TestSpec\n"
+        "study = Study(name='full', recipe='fast', image_size=32, batch_size=16,\n"
+        "    variants=('none',), finetune=FinetuneSpec(epochs=3, train_limit=640, synthetic_size=640),\n"
+        "    test=TestSpec(protocols=('clean',)), resources=Resources(max_concurrent=1))\n"
+    )
+    with _small_disk(tmp_path / "disk", 600) as disk:
+        cmd = [sys.executable, "-m", "occstudy.cli", "run", str(study_file)]
+        cmd += ["--storage", str(disk), "--num-cpus", "2"]
+        ray_tmp = tempfile.mkdtemp(prefix="ray-", dir="/tmp")
+        env = {**os.environ, "RAY_ENABLE_WINDOWS_OR_OSX_CLUSTER": "0", "RAY_TMPDIR": ray_tmp}
+        filler = disk / "filler"
+        try:
+            with open(tmp_path / "output.txt", "w") as fh:
+                proc = subprocess.Popen(cmd, env=env, stdout=fh, stderr=subprocess.STDOUT)
+                try:
+                    _wait_for(lambda: any(disk.glob("full/trials/*/*/last.pt")), "epoch 0", proc)
+                    # Leave 2 MiB: room for the MLflow store's small writes, not for a checkpoint.
+                    with open(filler, "wb") as f:
+                        os.posix_fallocate(f.fileno(), 0, shutil.disk_usage(disk).free - 2**21)
+                    code = proc.wait(timeout=600)
+                finally:
+                    if proc.poll() is None:
+                        proc.kill()
+            text = (tmp_path / "output.txt").read_text()
+            assert code == 1, text[-3000:]
+            last_lines = text.rstrip().splitlines()[-2:]
+            assert "no space left on its file system" in last_lines[0], text[-3000:]
+            assert str(disk) in last_lines[0] and "MiB free" in last_lines[0]
+            assert last_lines[1].strip().endswith("--resume")
+            (last,) = disk.glob("full/trials/*/*/last.pt")
+            assert load_checkpoint(last)["epoch"] < 2  # intact (it loads) and not the last epoch
+            assert not list(disk.rglob("*.tmp")), "a half-written file was left behind"
+            filler.unlink()
+            done = subprocess.run(
+                [*cmd, "--resume"], env=env, capture_output=True, text=True, timeout=600
+            )
+            assert done.returncode == 0, done.stderr[-3000:]
+        finally:
+            _kill_processes_mentioning(ray_tmp)
+        uri = f"sqlite:///{disk / 'full' / 'mlflow.db'}"
+        (run,) = tracking.find_runs(uri, "full", kind="finetune")
+        assert run.info.status == "FINISHED"
+        client = tracking.store._client(uri)
+        steps = sorted(m.step for m in client.get_metric_history(run.info.run_id, "val_acc"))
+        assert steps == [0, 1, 2], f"epochs logged {steps}"

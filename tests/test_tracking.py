@@ -33,6 +33,7 @@ from occstudy.tracking import (
     set_description,
     set_tags,
 )
+from occstudy.tracking.store import _client as store_client
 
 PNG_MAGIC = b"\x89PNG\r\n\x1a\n"
 TRIAL_PARAMS = ("lambda", "tau", "lr", "variant", "seed", "dataset", "epochs", "batch_size")
@@ -245,6 +246,72 @@ def test_check_reachable(tmp_path: Path) -> None:
     assert "--tracking-uri" in msg and "hunter2" not in msg
     check_reachable(default_tracking_uri(tmp_path / "new" / "dir"))
     assert (tmp_path / "new" / "dir").is_dir()
+
+
+def test_calls_to_a_server_that_does_not_answer_wait_then_name_the_store_and_call(
+    monkeypatch: pytest.MonkeyPatch, caplog: pytest.LogCaptureFixture
+) -> None:
+    """A refused connection is "not answering": the call says so, retries, and gives up after
+    OCCSTUDY_TRACKING_WAIT_S with one line naming the (redacted) store, the call and the
+    reason; a store answering with an error is not waited for."""
+    port = free_port()
+    uri = f"http://bob:hunter2@127.0.0.1:{port}"
+    monkeypatch.setenv("OCCSTUDY_TRACKING_WAIT_S", "2.5")
+    t0 = time.monotonic()
+    with caplog.at_level(logging.WARNING), pytest.raises(TrackingError) as e:
+        store_client(uri).get_run("abc")
+    waited = time.monotonic() - t0
+    assert 1.0 <= waited < 4.0, waited
+    msg = str(e.value)
+    assert msg.startswith(f"MLflow tracking store http://127.0.0.1:{port} did not answer get_run")
+    assert "Connection refused" in msg and "hunter2" not in msg
+    assert "is not answering (Connection refused); get_run waits and retries" in caplog.text
+    monkeypatch.setenv("OCCSTUDY_TRACKING_WAIT_S", "soon")
+    with pytest.raises(TrackingError, match=r"OCCSTUDY_TRACKING_WAIT_S='soon': must be a number"):
+        store_client(uri).get_run("abc")
+
+
+def test_a_call_that_fails_while_the_store_is_down_goes_through_once_it_is_back(
+    monkeypatch: pytest.MonkeyPatch, caplog: pytest.LogCaptureFixture
+) -> None:
+    from mlflow.exceptions import MlflowException
+
+    from occstudy.tracking.store import _patiently, unavailable_reason
+
+    down = MlflowException(
+        "API request to http://127.0.0.1:1/api/2.0/mlflow/runs/get failed with exception "
+        "HTTPConnectionPool(host='127.0.0.1', port=1): Max retries exceeded (Caused by "
+        'NewConnectionError("...: [Errno 111] Connection refused"))'
+    )
+    busy = MlflowException(
+        "API request to endpoint /api/2.0/mlflow/runs/get failed with error code 503 != 200. "
+        "Response body: 'upstream'"
+    )
+    missing = MlflowException("Run 'abc' not found", error_code="RESOURCE_DOES_NOT_EXIST")
+    assert unavailable_reason(down) == "Connection refused"
+    assert unavailable_reason(busy) == "HTTP 503"
+    assert unavailable_reason(missing) is None
+    answers = iter([down, busy, "run"])
+
+    def flaky() -> str:
+        answer = next(answers)
+        if isinstance(answer, Exception):
+            raise answer
+        return answer
+
+    monkeypatch.setenv("OCCSTUDY_TRACKING_WAIT_S", "60")
+    with caplog.at_level(logging.WARNING):
+        assert _patiently(flaky, "get_run", "http://127.0.0.1:1", (), {}) == "run"
+    assert "answers again after" in caplog.text and "get_run went through" in caplog.text
+    calls = []
+
+    def wrong() -> None:
+        calls.append(1)
+        raise missing
+
+    with pytest.raises(MlflowException, match="not found"):
+        _patiently(wrong, "get_run", "http://127.0.0.1:1", (), {})
+    assert calls == [1]  # an answer that is an error is not retried
 
 
 @pytest.mark.slow

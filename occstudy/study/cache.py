@@ -28,7 +28,7 @@ from typing import Any
 import torch
 
 from occstudy.method import pretext_cache_key
-from occstudy.train import load_checkpoint
+from occstudy.train import load_checkpoint, write_error
 
 RESULT_FILE = "pretext.pt"
 WORK_FILE = "work.pt"
@@ -149,14 +149,25 @@ class PretextCache:
         entry.mkdir(parents=True, exist_ok=True)
         result = self.result_path(key)
         tmp = entry / (RESULT_FILE + ".tmp")
-        if work.resolve() != result.resolve():
-            shutil.copyfile(work, tmp)
-        else:
-            os.replace(result, tmp)
-        meta = {**dict(meta), CHECKSUM: sha256_of(tmp)}
-        (entry / (META_FILE + ".tmp")).write_text(json.dumps(meta, indent=2, default=str))
-        os.replace(entry / (META_FILE + ".tmp"), entry / META_FILE)
-        os.replace(tmp, result)
+        meta_tmp = entry / (META_FILE + ".tmp")
+        copied = work.resolve() != result.resolve()
+        try:
+            if copied:
+                shutil.copyfile(work, tmp)
+            else:
+                os.replace(result, tmp)
+            meta = {**dict(meta), CHECKSUM: sha256_of(tmp)}
+            meta_tmp.write_text(json.dumps(meta, indent=2, default=str))
+            os.replace(meta_tmp, entry / META_FILE)
+            os.replace(tmp, result)
+        except OSError as exc:
+            # The work checkpoint stays: a resumed job publishes it without training again.
+            meta_tmp.unlink(missing_ok=True)
+            if copied:
+                tmp.unlink(missing_ok=True)
+            elif tmp.exists():
+                os.replace(tmp, result)
+            raise write_error(result, exc, work.stat().st_size) from None
 
     def invalidate(self, key: str) -> None:
         """Forget a result (``--no-cache``): the next request recomputes it."""

@@ -24,7 +24,7 @@ import signal
 import sys
 import threading
 import time
-from collections.abc import Callable, Iterator, Mapping
+from collections.abc import Callable, Iterator, Mapping, Sequence
 from dataclasses import dataclass, field, replace
 from pathlib import Path
 from typing import Any
@@ -59,6 +59,7 @@ from occstudy.study.trainables import (
 )
 from occstudy.study.worker import PretextTask
 from occstudy.tracking.views import launch_views
+from occstudy.train import StorageFullError
 
 __all__ = [
     "RunOptions",
@@ -136,6 +137,31 @@ def _raise_if_interrupted(results: Any, stage: str) -> None:
     unfinished = len(results) - results.num_terminated - results.num_errors
     if unfinished > 0:
         raise KeyboardInterrupt(f"{unfinished} {stage} trial(s) left unfinished")
+
+
+def _storage_full(errors: Sequence[Any]) -> StorageFullError | None:
+    """The first :class:`~occstudy.train.StorageFullError` among trial errors (Ray hands them
+    over wrapped: as the cause of a ``RayTaskError``, or chained)."""
+    for error in errors:
+        seen: set[int] = set()
+        todo: list[Any] = [error]
+        while todo:
+            exc = todo.pop()
+            if exc is None or id(exc) in seen:
+                continue
+            seen.add(id(exc))
+            if isinstance(exc, StorageFullError):
+                return StorageFullError(exc.errno, exc.strerror or str(exc))
+            todo += [getattr(exc, "cause", None), exc.__cause__, exc.__context__]
+    return None
+
+
+def _raise_if_storage_full(errors: Sequence[Any], stage: str) -> None:
+    """A full storage fails every trial the same way: stop the launch with that one reason
+    instead of reporting each trial failed (their earlier checkpoints are intact)."""
+    full = _storage_full(errors)
+    if full is not None:
+        raise StorageFullError(full.errno, f"{stage}: {full.strerror}")
 
 
 def _close_running_runs(ctx: StudyContext) -> None:
@@ -338,8 +364,14 @@ def _run_launch(study: Study, options: RunOptions) -> StudyOutcome:
                 flush=True,
             )
         raise
-    except BaseException:
-        tracker.finish(ctx.parent, "FAILED")
+    except BaseException as exc:
+        try:
+            tracker.finish(ctx.parent, "FAILED")
+        except Exception as finish_exc:
+            if not isinstance(exc, OSError):
+                raise
+            # The store may sit on the same full disk: the launch's own error is the one to tell.
+            print(f"[mlflow] could not mark the launch FAILED: {finish_exc}", file=sys.stderr)
         raise
     outcome.seconds = time.perf_counter() - start
     _close_launch(ctx, outcome)
@@ -495,6 +527,7 @@ def _stage1(
 
     results = _fit(make, trainable, path, options.resume, param_space)
     _raise_if_interrupted(results, "pretext")
+    _raise_if_storage_full(results.errors, "pretext")
     if results.errors:
         raise RuntimeError(
             f"{len(results.errors)} pretext job(s) failed; first error: {results.errors[0]}"
@@ -565,6 +598,7 @@ def _stage2(
 
         results = _fit(make, trainable, path, options.resume, run.param_space)
         _raise_if_interrupted(results, "fine-tune")
+        _raise_if_storage_full(results.errors, "fine-tune")
         outcome.rows += [_trial_row(r, ctx.study) for r in results]
 
 

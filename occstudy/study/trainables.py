@@ -8,6 +8,7 @@ CPU worker), or launches a ``TorchTrainer`` when the study asks for several work
 from __future__ import annotations
 
 import json
+import sys
 import time
 from collections.abc import Callable, Mapping
 from dataclasses import dataclass, field, replace
@@ -191,6 +192,17 @@ def _end_status(exc: BaseException) -> str:
     return "KILLED" if isinstance(exc, SystemExit | KeyboardInterrupt) else "FAILED"
 
 
+def _finish_failed(tracker: Any, run: tracking.RunRef, exc: BaseException) -> None:
+    """End the run of a trial that ``exc`` stopped; when that fails too (a store on the same
+    full disk), the trial's own error is the one that propagates."""
+    try:
+        tracker.finish(run, _end_status(exc))
+    except Exception as finish_exc:
+        if not isinstance(exc, OSError):
+            raise
+        print(f"[mlflow] could not end run {run.run_id}: {finish_exc}", file=sys.stderr)
+
+
 def ensure_pretext(
     task: PretextTask,
     ctx: StudyContext,
@@ -231,7 +243,7 @@ def ensure_pretext(
             else:
                 history = pretext_worker(task, Runtime.auto(ctx.device), report)
         except BaseException as exc:
-            tracker.finish(run, _end_status(exc))
+            _finish_failed(tracker, run, exc)
             raise
         meta = {
             "key": task.key,
@@ -303,7 +315,7 @@ def finetune_trainable(config: dict[str, Any], ctx: StudyContext) -> None:
         try:
             _fit_torch_trainer(_train_finetune_loop, task, ctx, f"{ctx.launch}-{name}", True)
         except BaseException as exc:
-            tracker.finish(run, _end_status(exc))
+            _finish_failed(tracker, run, exc)
             raise
         tracker.finish(run)
         return
@@ -311,7 +323,7 @@ def finetune_trainable(config: dict[str, Any], ctx: StudyContext) -> None:
     try:
         summary = finetune_worker(task, Runtime.auto(ctx.device), report)
     except BaseException as exc:
-        tracker.finish(run, _end_status(exc))
+        _finish_failed(tracker, run, exc)
         raise
     tracker.finish(run)
     tune.report(summary)

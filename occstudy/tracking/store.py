@@ -8,22 +8,28 @@ before MLflow is used and importing this module stays cheap.
 from __future__ import annotations
 
 import base64
+import functools
+import logging
+import math
 import os
 import re
 import threading
+import time
 import urllib.error
 import urllib.parse
 import urllib.request
-from collections.abc import Mapping
+from collections.abc import Callable, Mapping
 from dataclasses import dataclass
 from pathlib import Path
-from typing import TYPE_CHECKING
+from typing import TYPE_CHECKING, Any, cast
 
 from occstudy.tracking.schema import RUN_STATUSES, TAG_KEY, TAG_KIND, experiment_name
 
 if TYPE_CHECKING:
     from mlflow.entities import Run
     from mlflow.tracking import MlflowClient
+
+log = logging.getLogger(__name__)
 
 
 class TrackingError(RuntimeError):
@@ -63,6 +69,10 @@ def disable_telemetry() -> None:
     # Ending a run on a server prints "View run ... at <tracking uri>" to stdout: noise from
     # every Ray trial, and the URI printed as given, credentials included.
     os.environ.setdefault("MLFLOW_SUPPRESS_PRINTING_URL_TO_STDOUT", "true")
+    # MLflow's client retries a failed request 7 times with backoff, silently, for about four
+    # minutes; occstudy's clients wait for a server that stopped answering themselves (see
+    # :func:`tracking_wait_s`) and say so while they wait.
+    os.environ.setdefault("MLFLOW_HTTP_REQUEST_MAX_RETRIES", "0")
 
 
 def default_tracking_uri(storage: str | Path) -> str:
@@ -229,8 +239,10 @@ def check_reachable(uri: str, timeout_s: float = 5.0) -> None:
         timeout_s: Timeout of each HTTP request.
 
     Raises:
-        TrackingError: With a message naming the (redacted) URI and the reason.
+        TrackingError: With a message naming the (redacted) URI and the reason, or the bad
+            ``OCCSTUDY_TRACKING_WAIT_S`` value.
     """
+    tracking_wait_s()  # a bad value fails now, not at the first call that waits
     scheme = urllib.parse.urlsplit(uri).scheme.lower()
     base = scheme.split("+", 1)[0]  # postgresql+psycopg2 -> postgresql
     if scheme and base not in _SCHEMES and len(scheme) > 1:  # "C:\\..." is a Windows path
@@ -255,19 +267,140 @@ def check_reachable(uri: str, timeout_s: float = 5.0) -> None:
 # --------------------------------------------------------------------------------------------
 # Clients and small helpers
 
+#: Environment variable: how long (seconds) a tracking call waits for a store that stopped
+#: answering before it gives up (default :data:`DEFAULT_TRACKING_WAIT_S`; 0: do not wait).
+TRACKING_WAIT_ENV = "OCCSTUDY_TRACKING_WAIT_S"
+DEFAULT_TRACKING_WAIT_S = 900.0
+# Longest pause between two attempts, and between two "still waiting" messages.
+_MAX_PAUSE_S = 30.0
+_REPEAT_MESSAGE_S = 60.0
+
+# MLflow's REST client turns a refused or dropped connection, a timeout, and a 429/5xx answer
+# (once its own retries, which occstudy turns off, are spent) into these messages.
+_UNAVAILABLE = re.compile(
+    r"^API request to \S+ failed with (?:timeout )?exception"
+    r"|^API request to endpoint \S+ failed with error code (?:429|5\d\d) "
+)
+
+
+def tracking_wait_s() -> float:
+    """How long a tracking call waits for a store that stopped answering (``OCCSTUDY_TRACKING_WAIT_S``).
+
+    Raises:
+        TrackingError: The variable is not a finite number >= 0.
+    """
+    raw = os.environ.get(TRACKING_WAIT_ENV, "")
+    if not raw.strip():
+        return DEFAULT_TRACKING_WAIT_S
+    try:
+        value = float(raw)
+    except ValueError:
+        value = math.nan
+    if not math.isfinite(value) or value < 0:
+        raise TrackingError(f"{TRACKING_WAIT_ENV}={raw!r}: must be a number of seconds >= 0")
+    return value
+
+
+def unavailable_reason(exc: BaseException) -> str | None:
+    """Why a tracking call failed, when the failure means "the store is not answering now"
+    (worth waiting for); None for any other failure (a bad request, a missing run, ...)."""
+    from mlflow.exceptions import MlflowException
+
+    if not isinstance(exc, MlflowException) or not _UNAVAILABLE.search(str(exc)):
+        return None
+    message = str(exc)
+    # The interesting part of "... (Caused by NewConnectionError(...: [Errno 111] Connection
+    # refused"))" or "... failed with error code 503 != 200. Response body: ...".
+    for pattern in (r"\[Errno -?\d+\] ([^\"')]+)", r"(Read timed out)", r"error code (\d+)"):
+        found = re.search(pattern, message)
+        if found:
+            return found.group(1) if not pattern.startswith("error") else f"HTTP {found.group(1)}"
+    return message.split(" failed with ", 1)[-1][:120]
+
+
+class _PatientClient:
+    """An :class:`~mlflow.tracking.MlflowClient` whose calls wait for a store that stopped
+    answering (a restarted or overloaded server), saying so while they wait, for up to
+    :func:`tracking_wait_s`; then they raise :class:`TrackingError` naming the store and call.
+
+    A long study must not lose a trial (or its metrics) because the tracking server restarted:
+    the trial waits, its metrics are logged once the server is back.
+    """
+
+    def __init__(self, client: MlflowClient, tracking_uri: str) -> None:
+        self._inner = client
+        self._uri = tracking_uri
+
+    def __getattr__(self, name: str) -> Any:
+        attr = getattr(self._inner, name)
+        if not callable(attr) or name.startswith("_"):
+            return attr
+
+        @functools.wraps(attr)
+        def call(*args: Any, **kwargs: Any) -> Any:
+            return _patiently(attr, name, self._uri, args, kwargs)
+
+        return call
+
+
+def _patiently(
+    fn: Callable[..., Any], name: str, uri: str, args: tuple[Any, ...], kwargs: dict[str, Any]
+) -> Any:
+    limit = tracking_wait_s()
+    start = time.monotonic()
+    pause = 1.0
+    told_at: float | None = None
+    while True:
+        try:
+            result = fn(*args, **kwargs)
+        except Exception as exc:
+            reason = unavailable_reason(exc)
+            if reason is None:
+                raise
+            waited = time.monotonic() - start
+            if waited + pause > limit:
+                raise TrackingError(
+                    f"MLflow tracking store {redact(uri)} did not answer {name} for "
+                    f"{waited:.0f} s ({reason}); gave up ({TRACKING_WAIT_ENV}={limit:g} s)"
+                ) from None
+            if told_at is None or time.monotonic() - told_at >= _REPEAT_MESSAGE_S:
+                log.warning(
+                    "MLflow tracking store %s is not answering (%s); %s waits and retries, "
+                    "for up to %.0f s more (%s)",
+                    redact(uri),
+                    reason,
+                    name,
+                    limit - waited,
+                    TRACKING_WAIT_ENV,
+                )
+                told_at = time.monotonic()
+            time.sleep(pause)
+            pause = min(2 * pause, _MAX_PAUSE_S)
+            continue
+        if told_at is not None:
+            log.warning(
+                "MLflow tracking store %s answers again after %.0f s; %s went through",
+                redact(uri),
+                time.monotonic() - start,
+                name,
+            )
+        return result
+
+
 _clients: dict[str, MlflowClient] = {}
 _clients_lock = threading.Lock()
 
 
 def _client(tracking_uri: str) -> MlflowClient:
-    """One client per URI and process: building a sqlite store checks its schema (slow)."""
+    """One client per URI and process (building a sqlite store checks its schema: slow), whose
+    calls wait for a store that stopped answering (see :class:`_PatientClient`)."""
     disable_telemetry()
     with _clients_lock:
         client = _clients.get(tracking_uri)
         if client is None:
             from mlflow.tracking import MlflowClient
 
-            client = MlflowClient(tracking_uri=tracking_uri)
+            client = cast("MlflowClient", _PatientClient(MlflowClient(tracking_uri), tracking_uri))
             _clients[tracking_uri] = client
         return client
 
