@@ -50,6 +50,10 @@ def test_tiny_study_in_process_then_ray_train_then_cache_reuse(tmp_path) -> None
     assert sorted(r.point["variant"] for r in first.rows) == ["none", "ss+mask"]
     for row in first.rows:
         assert 0 <= row.metrics["test.clean.acc"] <= 1 and "test.r16.acc" in row.metrics
+        # Where the trial's time went, phase by phase, adds up to the trial's own time.
+        phases = [row.metrics[f"seconds_{p}"] for p in ("load", "train", "test", "log")]
+        assert all(s >= 0 for s in phases) and phases[1] > 0
+        assert sum(phases) <= row.metrics["trial_seconds"] + 1e-6
     # The report's ablation table, printed by `occstudy run` and written next to the study.
     table = first.table
     assert "| none |" in table and "| ss+mask |" in table
@@ -495,6 +499,7 @@ def test_a_full_disk_stops_the_study_clearly_and_resume_finishes_it(tmp_path) ->
             text = (tmp_path / "output.txt").read_text()
             assert code == 1, text[-3000:]
             last_lines = text.rstrip().splitlines()[-2:]
+            assert last_lines[0].startswith("occstudy run: fine-tune: cannot write "), text[-3000:]
             assert "no space left on its file system" in last_lines[0], text[-3000:]
             assert str(disk) in last_lines[0] and "MiB free" in last_lines[0]
             assert last_lines[1].strip().endswith("--resume")
@@ -514,3 +519,17 @@ def test_a_full_disk_stops_the_study_clearly_and_resume_finishes_it(tmp_path) ->
         client = tracking.store._client(uri)
         steps = sorted(m.step for m in client.get_metric_history(run.info.run_id, "val_acc"))
         assert steps == [0, 1, 2], f"epochs logged {steps}"
+
+
+def test_a_full_storage_is_found_behind_rays_wrapping() -> None:
+    """The runner names the disk error with its own one-line message, not Ray's traceback."""
+    import ray
+
+    from occstudy.study.runner import _storage_full
+    from occstudy.train import StorageFullError
+
+    original = StorageFullError(28, "cannot write /s/best.pt: no space left on its file system")
+    wrapped = ray.exceptions.RayTaskError("train", "Traceback ...\nmany lines", original)
+    found = _storage_full([RuntimeError("other"), wrapped.as_instanceof_cause()])
+    assert found is original and found.strerror.startswith("cannot write /s/best.pt")
+    assert _storage_full([RuntimeError("other")]) is None

@@ -150,8 +150,10 @@ def _storage_full(errors: Sequence[Any]) -> StorageFullError | None:
             if exc is None or id(exc) in seen:
                 continue
             seen.add(id(exc))
-            if isinstance(exc, StorageFullError):
-                return StorageFullError(exc.errno, exc.strerror or str(exc))
+            # Ray's RayTaskError(StorageFullError) is an instance of both, with a traceback for
+            # a message: only the original error (its ``cause``) has the one-line message.
+            if type(exc) is StorageFullError:
+                return exc
             todo += [getattr(exc, "cause", None), exc.__cause__, exc.__context__]
     return None
 
@@ -502,6 +504,7 @@ def _stage1(
             param_space=param_space,
             tune_config=tune.TuneConfig(
                 max_concurrent_trials=ctx.study.resources.max_concurrent,
+                reuse_actors=True,  # see _finetune_tuner
                 trial_name_creator=lambda t: f"pretext-{t.config['key']}",
                 trial_dirname_creator=lambda t: f"pretext-{t.config['key']}",
             ),
@@ -633,6 +636,9 @@ def _finetune_tuner(
             metric=search.metric,
             mode=search.mode,
             search_alg=run.searcher,
+            # The next trial runs in the process the last one finished in: no new process to
+            # start, torch, MLflow and occstudy already imported, the MLflow client open.
+            reuse_actors=True,
             scheduler=scheduler,
             num_samples=run.num_samples,
             max_concurrent_trials=study.resources.max_concurrent,

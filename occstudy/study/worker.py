@@ -151,9 +151,11 @@ def finetune_worker(
     model = build_finetune_model(config, len(data.train.classes), pretext_state)
     hooks = _metric_hook(report, task.run, runtime, "")
     trial_dir = Path(task.trial_dir)
+    loaded = time.perf_counter()
     model, history = run_finetune(
         config, model, data.train, data.val, runtime=runtime, checkpoint_dir=trial_dir, hooks=hooks
     )
+    trained = time.perf_counter()
     # The last epoch's metrics ride along with the summary: a trial resumed after its last
     # epoch runs no epoch, yet its final report must carry the search metric (val_acc).
     summary: dict[str, Any] = _epoch_metrics(history[-1]) if history else {}
@@ -169,7 +171,11 @@ def finetune_worker(
         return summary
     results = evaluate_on_protocols(config, model, data, replace(runtime, rank=0, world_size=1))
     summary.update(summarize(results))
-    summary["trial_seconds"] = time.perf_counter() - start
+    tested = time.perf_counter()
+    # Where a trial's time goes (its final Tune result and trials.json; bench_study prints it).
+    summary["seconds_load"] = loaded - start
+    summary["seconds_train"] = trained - loaded
+    summary["seconds_test"] = tested - trained
     if task.run is not None:
         tracking.log_results(task.run, {k: v.to_dict() for k, v in results.items()})
         tracking.log_metrics(task.run, {tracking.BEST_VAL_ACC: summary[tracking.BEST_VAL_ACC]})
@@ -184,6 +190,8 @@ def finetune_worker(
         best = trial_dir / "best.pt"
         if best.exists():
             tracking.log_checkpoint(task.run, best)
+    summary["seconds_log"] = time.perf_counter() - tested
+    summary["trial_seconds"] = time.perf_counter() - start
     return summary
 
 
