@@ -54,6 +54,7 @@ from occstudy.study.spec import Study, StudyError
 from occstudy.study.trainables import (
     StudyContext,
     finetune_trainable,
+    finish_failed,
     flat_point,
     pretext_trainable,
 )
@@ -367,13 +368,7 @@ def _run_launch(study: Study, options: RunOptions) -> StudyOutcome:
             )
         raise
     except BaseException as exc:
-        try:
-            tracker.finish(ctx.parent, "FAILED")
-        except Exception as finish_exc:
-            if not isinstance(exc, OSError):
-                raise
-            # The store may sit on the same full disk: the launch's own error is the one to tell.
-            print(f"[mlflow] could not mark the launch FAILED: {finish_exc}", file=sys.stderr)
+        finish_failed(tracker, ctx.parent, exc, "FAILED")
         raise
     outcome.seconds = time.perf_counter() - start
     _close_launch(ctx, outcome)

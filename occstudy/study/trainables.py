@@ -192,11 +192,14 @@ def _end_status(exc: BaseException) -> str:
     return "KILLED" if isinstance(exc, SystemExit | KeyboardInterrupt) else "FAILED"
 
 
-def _finish_failed(tracker: Any, run: tracking.RunRef, exc: BaseException) -> None:
-    """End the run of a trial that ``exc`` stopped; when that fails too (a store on the same
-    full disk), the trial's own error is the one that propagates."""
+def finish_failed(
+    tracker: Any, run: tracking.RunRef, exc: BaseException, status: str | None = None
+) -> None:
+    """End the run of a trial (or launch) that ``exc`` stopped, as ``status`` (default: from
+    the error, see :func:`_end_status`); when that fails too because ``exc`` is a file-system
+    error (a store on the same full disk), ``exc`` is the one that propagates."""
     try:
-        tracker.finish(run, _end_status(exc))
+        tracker.finish(run, status or _end_status(exc))
     except Exception as finish_exc:
         if not isinstance(exc, OSError):
             raise
@@ -243,7 +246,7 @@ def ensure_pretext(
             else:
                 history = pretext_worker(task, Runtime.auto(ctx.device), report)
         except BaseException as exc:
-            _finish_failed(tracker, run, exc)
+            finish_failed(tracker, run, exc)
             raise
         meta = {
             "key": task.key,
@@ -315,7 +318,7 @@ def finetune_trainable(config: dict[str, Any], ctx: StudyContext) -> None:
         try:
             _fit_torch_trainer(_train_finetune_loop, task, ctx, f"{ctx.launch}-{name}", True)
         except BaseException as exc:
-            _finish_failed(tracker, run, exc)
+            finish_failed(tracker, run, exc)
             raise
         tracker.finish(run)
         return
@@ -323,7 +326,7 @@ def finetune_trainable(config: dict[str, Any], ctx: StudyContext) -> None:
     try:
         summary = finetune_worker(task, Runtime.auto(ctx.device), report)
     except BaseException as exc:
-        _finish_failed(tracker, run, exc)
+        finish_failed(tracker, run, exc)
         raise
     tracker.finish(run)
     tune.report(summary)

@@ -283,6 +283,14 @@ _UNAVAILABLE = re.compile(
 )
 
 
+# The gist of such a message, first match wins: (pattern with one group, how to show it).
+_REASONS = (
+    (r"\[Errno -?\d+\] ([^\"')]+)", "{}"),
+    (r"(Read timed out)", "{}"),
+    (r"error code (\d+)", "HTTP {}"),
+)
+
+
 def tracking_wait_s() -> float:
     """How long a tracking call waits for a store that stopped answering (``OCCSTUDY_TRACKING_WAIT_S``).
 
@@ -311,10 +319,10 @@ def unavailable_reason(exc: BaseException) -> str | None:
     message = str(exc)
     # The interesting part of "... (Caused by NewConnectionError(...: [Errno 111] Connection
     # refused"))" or "... failed with error code 503 != 200. Response body: ...".
-    for pattern in (r"\[Errno -?\d+\] ([^\"')]+)", r"(Read timed out)", r"error code (\d+)"):
+    for pattern, template in _REASONS:
         found = re.search(pattern, message)
         if found:
-            return found.group(1) if not pattern.startswith("error") else f"HTTP {found.group(1)}"
+            return template.format(found.group(1))
     return message.split(" failed with ", 1)[-1][:120]
 
 
