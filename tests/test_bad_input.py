@@ -218,6 +218,18 @@ def train(*opts: str) -> tuple[str, ...]:
     return ("train", "--no-progress", "--out", "{t}/out", *device, *opts)
 
 
+def on_unreachable_server(cmd: str) -> tuple[str, ...]:
+    """``cmd`` on the launched study of :func:`launched`, tracked by a server nobody runs."""
+    return (
+        cmd,
+        "{t}/studies/ok.py",
+        "--tracking-uri",
+        "http://127.0.0.1:1",
+        "--storage",
+        "{t}/store",
+    )
+
+
 def check(*args: str) -> tuple[str, ...]:
     return ("data", "check", *args)
 
@@ -704,45 +716,18 @@ CASES: list[Case] = [
         ),
         regex=True,
     ),
-    Case(
-        "status-tracking-unreachable",
-        (
-            "status",
-            "{t}/studies/ok.py",
-            "--tracking-uri",
-            "http://127.0.0.1:1",
-            "--storage",
-            "{t}/store",
-        ),
-        f"occstudy status: {UNREACHABLE}",
-        setup=launched,
-    ),
     *(
         Case(
             f"{cmd}-tracking-unreachable",
-            (
-                cmd,
-                "{t}/studies/ok.py",
-                "--tracking-uri",
-                "http://127.0.0.1:1",
-                "--storage",
-                "{t}/store",
-            ),
+            on_unreachable_server(cmd),
             f"occstudy {cmd}: {UNREACHABLE}",
             setup=launched,
         )
-        for cmd in ("report", "ui")
+        for cmd in ("status", "report", "ui")
     ),
     Case(
         "status-tracking-wait-not-a-number",
-        (
-            "status",
-            "{t}/studies/ok.py",
-            "--tracking-uri",
-            "http://127.0.0.1:1",
-            "--storage",
-            "{t}/store",
-        ),
+        on_unreachable_server("status"),
         "occstudy status: OCCSTUDY_TRACKING_WAIT_S='soon': must be a number of seconds >= 0",
         setup=lambda t: (launched(t), os.environ.update(OCCSTUDY_TRACKING_WAIT_S="soon")),
     ),
